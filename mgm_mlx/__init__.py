@@ -1,0 +1,8 @@
+"""mgm-mlx: Mini-Gemini vision-language models with MLX."""
+
+from .image import ImageError, load_image, preprocess
+from .loading import load_vision
+from .vision import MGMVision
+
+__version__ = "0.1.0"
+__all__ = ["ImageError", "MGMVision", "load_image", "load_vision", "preprocess"]

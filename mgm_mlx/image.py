@@ -1,0 +1,178 @@
+"""Image input for MGM: read, make RGB, pad to square, bicubic resize, CLIP-normalise.
+
+The reference (mgm/serve/cli.py + mm_utils.process_images) makes one high-res tensor
+(`image_size_aux`, 768 or 1536) and derives the low-res CLIP input from that *normalised*
+tensor with a bilinear resize. `preprocess` does the first part; `lowres_views` the second.
+"""
+
+import os
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# expand2square fills with the mean colour as integers: (122, 116, 104).
+PAD_COLOR = tuple(int(m * 255) for m in CLIP_MEAN)
+# A padded canvas larger than this is shrunk first (the reference would pad a
+# 100000x40 strip to 100000x100000 pixels and run out of memory).
+MAX_CANVAS_SIDE = 10240
+
+
+class ImageError(ValueError):
+    """An input that cannot be used as an image. The message is one line for the user."""
+
+
+def load_image(source) -> Image.Image:
+    """Read a path, PIL image or numpy array as an 8-bit RGB PIL image (EXIF orientation applied)."""
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = _from_array(source)
+    elif isinstance(source, (str, os.PathLike)):
+        image = _open(Path(source))
+    else:
+        raise ImageError(f"cannot use a {type(source).__name__} as an image")
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block should not lose the picture
+        pass
+    if image.width < 1 or image.height < 1:
+        raise ImageError(f"image has no pixels ({image.width}x{image.height})")
+    return to_rgb(image)
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.exists():
+        raise ImageError(f"image not found: {path}")
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path} is empty (0 bytes)")
+    try:
+        image = Image.open(path)
+        image.load()
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path} has too many pixels to load safely") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path} is not an image file that Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path} is damaged or truncated ({e})") from None
+    return image
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or a.size == 0:
+        raise ImageError(f"expected an HxW, HxWx3 or HxWx4 array, got shape {a.shape}")
+    if a.dtype == np.uint8:
+        pass
+    elif a.dtype == np.uint16:
+        a = _to_8bit(a)
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)):
+            raise ImageError("image array has NaN or infinite values")
+        scale = 255.0 if a.max() <= 1.0 else 1.0  # [0, 1] floats or [0, 255] floats
+        a = np.clip(np.round(a * scale), 0, 255).astype(np.uint8)
+    else:
+        raise ImageError(f"unsupported image array dtype {a.dtype}")
+    return Image.fromarray(np.ascontiguousarray(a))
+
+
+def _to_8bit(a: np.ndarray) -> np.ndarray:
+    # 16-bit data maps 65535 -> 255; 8-bit data stored in a wide mode stays as it is.
+    a = a.astype(np.float64)
+    if a.max() > 255:
+        a = a / 257.0
+    return np.clip(np.round(a), 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB. Alpha is dropped as the reference's convert('RGB') does."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        return Image.fromarray(_to_8bit(np.asarray(image))).convert("RGB")
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def expand2square(image: Image.Image, color=PAD_COLOR) -> Image.Image:
+    """Centre the image on a square canvas of the mean colour (mm_utils.expand2square)."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    canvas = Image.new(image.mode, (side, side), color)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def preprocess(source, image_size: int) -> np.ndarray:
+    """Image -> normalised float32 array [image_size, image_size, 3] (channels last)."""
+    image = load_image(source)
+    side = max(image.size)
+    if side > MAX_CANVAS_SIDE:
+        s = MAX_CANVAS_SIDE / side
+        image = image.resize(
+            (max(1, round(image.width * s)), max(1, round(image.height * s))),
+            Image.BICUBIC,
+        )
+    image = expand2square(image).resize((image_size, image_size), Image.BICUBIC)
+    x = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+    return (x - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+
+
+def _bilinear_taps(out_size: int, in_size: int):
+    # PyTorch align_corners=False: src = (dst + 0.5) * in/out - 0.5, clamped at 0, float32.
+    scale = np.float32(in_size / out_size)
+    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int32), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    w1 = src - i0.astype(np.float32)
+    return mx.array(i0), mx.array(i1), mx.array(w1)
+
+
+def resize_bilinear(x: mx.array, size) -> mx.array:
+    """Bilinear resize of NHWC `x` to `size` (h, w) like F.interpolate(align_corners=False,
+    antialias=False). Computed in float32, returned in x.dtype."""
+    h, w = size
+    dtype = x.dtype
+    x = x.astype(mx.float32)
+    if x.shape[1] != h:
+        i0, i1, w1 = _bilinear_taps(h, x.shape[1])
+        w1 = w1[:, None, None]
+        x = mx.take(x, i0, axis=1) * (1 - w1) + mx.take(x, i1, axis=1) * w1
+    if x.shape[2] != w:
+        i0, i1, w1 = _bilinear_taps(w, x.shape[2])
+        w1 = w1[:, None]
+        x = mx.take(x, i0, axis=2) * (1 - w1) + mx.take(x, i1, axis=2) * w1
+    return x.astype(dtype)
+
+
+def split_grid(x: mx.array, grid: int) -> mx.array:
+    """[B, g*s, g*s, C] -> [B*g*g, s, s, C], tiles row-major (tile00, tile01, tile10, tile11)."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, grid, h // grid, grid, w // grid, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b * grid * grid, h // grid, w // grid, c)
+
+
+def lowres_views(pixels: mx.array, size: int, grid: int = 1, use_global: bool = False):
+    """High-res pixels [B, S, S, 3] -> CLIP inputs [B * views, size, size, 3].
+
+    Views per image are the grid tiles in row-major order, then the global view (HD).
+    """
+    b = pixels.shape[0]
+    lr = resize_bilinear(pixels, (size * grid, size * grid))
+    if grid == 1:
+        return lr
+    views = split_grid(lr, grid).reshape(b, grid * grid, size, size, 3)
+    if use_global:
+        glob = resize_bilinear(lr, (size, size))[:, None]
+        views = mx.concatenate([views, glob], axis=1)
+    return views.reshape(-1, size, size, 3)

@@ -1,0 +1,58 @@
+"""Patch info mining (mgm_arch.unified_resampler) and the MLP projector into the LLM.
+
+Each low-res CLIP token q attends over the high-res pixels under it (an 8x8 window of
+the ConvNeXt map for MGM): softmax(LN-Linear(q) . LN-Linear(a)^T / sqrt(C)) . LN-Linear(a),
+then the raw CLIP feature is added back and `mm_projector` maps to the LLM width.
+"""
+
+import math
+import re
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+def norm_linear(in_dims: int, out_dims: int) -> list:
+    """The vlm_uni_{query,aux,val}_projector layout: Sequential(LayerNorm, Linear)."""
+    return [nn.LayerNorm(in_dims), nn.Linear(in_dims, out_dims)]
+
+
+def build_projector(projector_type: str, in_dims: int, out_dims: int):
+    """`mm_projector` as the reference builds it: 'linear' or 'mlp{N}x_gelu'."""
+    if projector_type == "linear":
+        return nn.Linear(in_dims, out_dims)
+    m = re.fullmatch(r"mlp(\d+)x_gelu", projector_type)
+    if not m:
+        raise ValueError(f"unsupported mm_projector_type {projector_type!r}")
+    layers = [nn.Linear(in_dims, out_dims)]
+    for _ in range(int(m.group(1)) - 1):
+        layers += [nn.GELU(), nn.Linear(out_dims, out_dims)]
+    return layers
+
+
+def run(layers, x):
+    if not isinstance(layers, list):
+        return layers(x)
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def unfold_windows(aux: mx.array, patch_num: int) -> mx.array:
+    """[N, h, w, C] -> [N, patch_num**2, s*s, C]: windows row-major, pixels row-major inside."""
+    n, h, w, c = aux.shape
+    s = h // patch_num
+    aux = aux.reshape(n, patch_num, s, patch_num, s, c).transpose(0, 1, 3, 2, 4, 5)
+    return aux.reshape(n, patch_num * patch_num, s * s, c)
+
+
+def mine(features, aux, query_projector, aux_projector, val_projector) -> mx.array:
+    """CLIP features [N, T, C] + high-res map [N, h, w, Ca] -> features + mined [N, T, C]."""
+    windows = unfold_windows(aux, math.isqrt(features.shape[1]))
+    q = run(query_projector, features)
+    k = run(aux_projector, windows)
+    v = run(val_projector, windows)
+    logits = (k @ q[..., None])[..., 0] * (k.shape[-1] ** -0.5)  # [N, T, s*s]
+    weights = mx.softmax(mx.nan_to_num(logits), axis=-1, precise=True)
+    mined = (weights[..., None, :] @ v)[..., 0, :]
+    return features + mined

@@ -1,0 +1,1 @@
+"""Terminal chat app (`python -m mgm_mlx.chat`); installed as `mgm_mlx.tui`."""
