@@ -1,7 +1,8 @@
 """Low-res tower: CLIP ViT (transformers CLIPVisionModel semantics), channels-last input.
 
 MGM takes hidden_states[select_layer] (-2: the output of the second-to-last layer), drops
-the CLS token and never applies post_layernorm, so only the layers it needs are built.
+the CLS token and never applies post_layernorm, so only the layers it needs are built
+(the unused checkpoint tensors are dropped when loading).
 """
 
 import math
@@ -158,14 +159,3 @@ class VisionModel(nn.Module):
         """Pixels [B, H, W, 3] -> patch features [B, (H/p)*(W/p), D] (CLS dropped)."""
         return self.vision_model(pixels)[:, 1:]
 
-    def sanitize(self, weights: dict) -> dict:
-        """Drop what MGM never runs (later layers, post_layernorm, position_ids)."""
-        n = self.config.num_layers_run
-        layer = re.compile(r"vision_model\.encoder\.layers\.(\d+)\.")
-        out = {}
-        for key, value in weights.items():
-            m = layer.match(key)
-            if (m and int(m.group(1)) >= n) or "post_layernorm" in key or "position_ids" in key:
-                continue
-            out[key] = value
-        return out

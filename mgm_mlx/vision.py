@@ -17,6 +17,12 @@ from .image import lowres_views, resize_bilinear, split_grid
 
 # Checkpoint key prefixes (after "model.") that belong to the image path.
 VISION_PREFIXES = ("vision_tower.", "vision_tower_aux.", "vlm_uni_", "mm_projector.")
+# part -> (a tensor it must have, its released key prefix), to name a missing part clearly.
+REQUIRED = {
+    "CLIP": ("vision_tower.vision_model.embeddings.patch_embedding.weight", "model.vision_tower.vision_tower."),
+    "ConvNeXt": ("vision_tower_aux.vision_stem.0.weight", "model.vision_tower_aux."),
+    "patch info mining": ("vlm_uni_query_projector.1.weight", "model.vlm_uni_"),
+}
 
 
 @dataclass
@@ -77,7 +83,9 @@ class MGMVision(nn.Module):
     def from_weights(cls, config: dict, weights: dict, clip_overrides: dict | None = None):
         """Build from an MGM config.json and its weights; tower sizes come from the weights."""
         w = {rename(k): v for k, v in weights.items()}
-        w.pop("", None)
+        for part, (key, prefix) in REQUIRED.items():
+            if key not in w:
+                raise ValueError(f"the checkpoint has no {part} weights ({prefix}*)")
         args = VisionArgs.from_dict(config)
         clip_config = clip.VisionConfig.from_weights(
             w,
@@ -93,20 +101,16 @@ class MGMVision(nn.Module):
         return cls(args, clip_config, convnext_config, hidden_size=w[first].shape[0])
 
     def sanitize(self, weights: dict) -> dict:
-        """Released (or already sanitized) weights -> this tree: rename, drop unused, OIHW->OHWI."""
+        """Released (or already sanitized) weights -> this tree. Keys the image path does not
+        use (CLIP's last layer and post_layernorm, the LLM) are dropped; convs OIHW -> OHWI."""
         expected = dict(tree_flatten(self.parameters()))
         out = {}
         for key, value in weights.items():
             key = rename(key)
-            if key:
+            if key in expected:
+                if value.ndim == 4 and value.shape != expected[key].shape:
+                    value = value.transpose(0, 2, 3, 1)
                 out[key] = value
-        tower = {k[len("vision_tower.") :]: v for k, v in out.items() if k.startswith("vision_tower.")}
-        kept = self.vision_tower.sanitize(tower)
-        out = {k: v for k, v in out.items() if not k.startswith("vision_tower.") or k[len("vision_tower.") :] in kept}
-        for key, value in out.items():
-            target = expected.get(key)
-            if target is not None and value.ndim == 4 and value.shape != target.shape:
-                out[key] = value.transpose(0, 2, 3, 1)  # PyTorch conv layout -> MLX
         return out
 
     @property

@@ -155,6 +155,26 @@ def test_config_that_disagrees_with_weights_is_refused():
         vision_from_weights(config, load_weights(TINY))
 
 
+@pytest.mark.parametrize("prefix, part", [
+    ("model.vision_tower.vision_tower.", "CLIP"),
+    ("model.vision_tower_aux.", "ConvNeXt"),
+    ("model.vlm_uni_", "patch info mining"),
+])
+def test_missing_tower_is_named(prefix, part):
+    weights = {k: v for k, v in load_weights(TINY).items() if not k.startswith(prefix)}
+    with pytest.raises(ValueError, match=f"no {part} weights"):
+        vision_from_weights(json.loads((TINY / "config.json").read_text()), weights)
+
+
+def test_unused_tensors_are_dropped(vision):
+    kept = vision.sanitize(load_weights(TINY))
+    assert not any("post_layernorm" in k or "layers.2." in k or "embed_tokens" in k for k in kept)
+    assert kept["vision_tower.vision_model.embeddings.patch_embedding.weight"].shape == (128, 14, 14, 3)
+    # sanitizing twice changes nothing (converted folders hold sanitized weights)
+    again = vision.sanitize(kept)
+    assert {k: v.shape for k, v in again.items()} == {k: v.shape for k, v in kept.items()}
+
+
 # ---- live comparisons on fresh inputs (need torch, transformers, timm)
 
 def test_live_resizes_at_real_sizes(torch_ref):
