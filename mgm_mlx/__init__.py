@@ -1,8 +1,9 @@
 """mgm-mlx: Mini-Gemini vision-language models with MLX."""
 
 from .image import ImageError, load_image, preprocess
-from .loading import load_vision
+from .loading import load, load_vision
+from .model import Model
 from .vision import MGMVision
 
 __version__ = "0.1.0"
-__all__ = ["ImageError", "MGMVision", "load_image", "load_vision", "preprocess"]
+__all__ = ["ImageError", "MGMVision", "Model", "load", "load_image", "load_vision", "preprocess"]

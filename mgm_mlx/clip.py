@@ -7,7 +7,7 @@ the CLS token and never applies post_layernorm, so only the layers it needs are 
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -53,7 +53,8 @@ class VisionConfig:
             num_channels=channels,
         )
         args.update(overrides)
-        return cls(**args)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in args.items() if k in names})
 
 
 class Attention(nn.Module):

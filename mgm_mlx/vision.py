@@ -80,19 +80,19 @@ class MGMVision(nn.Module):
         self.mm_projector = mining.build_projector(args.mm_projector_type, dims, hidden_size)
 
     @classmethod
-    def from_weights(cls, config: dict, weights: dict, clip_overrides: dict | None = None):
-        """Build from an MGM config.json and its weights; tower sizes come from the weights."""
+    def from_weights(cls, config: dict, weights: dict):
+        """Build from an MGM config.json and its weights; tower sizes come from the weights.
+
+        `mm_vision_config` in the config (written by the converter, or taken from a CLIP
+        tower folder) overrides what the weights cannot say: heads, activation, depth."""
         w = {rename(k): v for k, v in weights.items()}
         for part, (key, prefix) in REQUIRED.items():
             if key not in w:
-                raise ValueError(f"the checkpoint has no {part} weights ({prefix}*)")
+                hint = {"CLIP": "; give its folder with --vision-tower", "ConvNeXt": "; give its folder with --vision-tower-aux"}
+                raise ValueError(f"the checkpoint has no {part} weights ({prefix}*){hint.get(part, '')}")
         args = VisionArgs.from_dict(config)
-        clip_config = clip.VisionConfig.from_weights(
-            w,
-            prefix="vision_tower.vision_model.",
-            select_layer=args.mm_vision_select_layer,
-            **(clip_overrides or {}),
-        )
+        overrides = {**config.get("mm_vision_config", {}), "select_layer": args.mm_vision_select_layer}
+        clip_config = clip.VisionConfig.from_weights(w, prefix="vision_tower.vision_model.", **overrides)
         convnext_config = convnext.ConvNeXtConfig.from_weights(w, prefix="vision_tower_aux.")
         first = "mm_projector.weight" if "mm_projector.weight" in w else "mm_projector.0.weight"
         for name, expected in (("mm_hidden_size", clip_config.hidden_size), ("mm_hidden_size_aux", convnext_config.hidden_size)):

@@ -1,0 +1,148 @@
+"""Convert a released MGM checkpoint into a compact MLX folder (4-bit LLM by default with -q).
+
+    python -m mgm_mlx.convert --hf-path YanweiLi/MGM-2B --mlx-path mgm-2b-4bit -q
+
+The LLM is cast to --dtype and, with -q, quantized (embeddings and lm_head included); CLIP,
+ConvNeXt, the mining modules and the projector stay in --vision-dtype (float16). The output
+is written beside the target and renamed at the end, so nothing half-done is ever left.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from ..language import family
+from ..loading import load, load_config, resolve
+from ..prompt import TEMPLATES
+
+DTYPES = ("float16", "bfloat16", "float32")
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "generation_config.json", "chat_template.jinja", "chat_template.json",
+)
+# Config keys that point at the original machine's folders.
+DROP_KEYS = ("mm_vision_tower", "mm_vision_tower_aux", "_name_or_path", "quantization_config")
+
+
+def convert(
+    hf_path,
+    mlx_path,
+    quantize: bool = False,
+    q_bits: int = 4,
+    q_group_size: int = 64,
+    dtype: str | None = None,
+    vision_dtype: str = "float16",
+    vision_tower=None,
+    vision_tower_aux=None,
+    template: str | None = None,
+    force: bool = False,
+) -> Path:
+    target = Path(mlx_path).expanduser()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
+        raise FileExistsError(f"{target} exists and is not empty; pass --force to replace it")
+    source = resolve(hf_path)
+    dtype = dtype or _stored_dtype(load_config(source))
+    model, processor = load(
+        source,
+        dtype=getattr(mx, dtype),
+        vision_dtype=getattr(mx, vision_dtype),
+        vision_tower=vision_tower,
+        vision_tower_aux=vision_tower_aux,
+        template=template,
+        lazy=True,
+    )
+    config = {k: v for k, v in model.config.items() if k not in DROP_KEYS}
+    if "quantization" in config:
+        raise ValueError(f"{hf_path} is already quantized; convert from the original checkpoint")
+    if quantize:
+        model.quantize(q_group_size, q_bits)
+        config["quantization"] = {"group_size": q_group_size, "bits": q_bits}
+    config.update(
+        mm_vision_config=asdict(model.vision.vision_tower.config),
+        mm_vision_aux_config=asdict(model.vision.vision_tower_aux.config),
+        mgm_template=processor.template,
+        torch_dtype=dtype,
+    )
+
+    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+    try:
+        partial.mkdir(parents=True)
+        from mlx_lm.utils import save_model
+
+        save_model(partial, model)
+        (partial / "config.json").write_text(json.dumps(dict(sorted(config.items())), indent=2) + "\n")
+        for name in TOKENIZER_FILES:
+            if (source / name).exists():
+                shutil.copy(source / name, partial / name)
+        (partial / "README.md").write_text(_model_card(hf_path, config, model))
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        partial.rename(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return target
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _stored_dtype(config: dict) -> str:
+    stored = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+    return stored if stored in DTYPES else "bfloat16"
+
+
+def _model_card(hf_path, config: dict, model) -> str:
+    q = config.get("quantization")
+    size = _size(sum(v.nbytes for _, v in tree_flatten(model.parameters())))
+    vision_dtype = str(tree_flatten(model.vision.parameters())[0][1].dtype).split(".")[-1]
+    how = f"{q['bits']}-bit (group size {q['group_size']}) LLM" if q else f"{config['torch_dtype']} LLM"
+    return (
+        f"# {Path(str(hf_path)).name} for mgm-mlx\n\n"
+        f"[Mini-Gemini]({'https://huggingface.co/' + str(hf_path) if not Path(str(hf_path)).exists() else 'https://github.com/dvlab-research/MGM'}) "
+        f"converted with mgm-mlx: {how}, image path in {vision_dtype}, {size}.\n"
+        f"LLM: {family(config)} ({config.get('model_type')}); "
+        f"image tokens: {model.vision.num_tokens}; template: {config['mgm_template']}.\n\n"
+        "```python\nimport mgm_mlx\n\nmodel, processor = mgm_mlx.load(\"path/to/this/folder\")\n```\n"
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m mgm_mlx.convert", description="Convert an MGM checkpoint to MLX."
+    )
+    parser.add_argument("--hf-path", required=True, help="Hugging Face repo id or local folder")
+    parser.add_argument("--mlx-path", default="mlx_model", help="output folder (default: mlx_model)")
+    parser.add_argument("-q", "--quantize", action="store_true", help="quantize the LLM")
+    parser.add_argument("--q-bits", type=int, default=4, choices=[4, 8], help="bits per weight (default 4)")
+    parser.add_argument("--q-group-size", type=int, default=64, choices=[32, 64, 128])
+    parser.add_argument("--dtype", choices=DTYPES, help="LLM dtype (default: the checkpoint's, bfloat16)")
+    parser.add_argument("--vision-dtype", choices=DTYPES, default="float16", help="image path dtype")
+    parser.add_argument("--vision-tower", help="CLIP folder or repo id, if the checkpoint lacks it")
+    parser.add_argument("--vision-tower-aux", help="OpenCLIP ConvNeXt folder or repo id, if missing")
+    parser.add_argument("--template", choices=TEMPLATES, help="conversation template (default: from the config)")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --mlx-path")
+    args = parser.parse_args(argv)
+    try:
+        out = convert(
+            args.hf_path, args.mlx_path, args.quantize, args.q_bits, args.q_group_size, args.dtype,
+            args.vision_dtype, args.vision_tower, args.vision_tower_aux, args.template, args.force,
+        )
+    except KeyboardInterrupt:
+        sys.exit("interrupted; nothing was written")
+    except (FileNotFoundError, FileExistsError, ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    print(f"saved {out} ({_size(size)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The whole MGM model: the image path (vision.py) beside an mlx-lm LLM (language.py).
+
+Released checkpoints keep everything under `model.` (`model.layers.*`, `model.mm_projector.*`,
+`model.vision_tower.vision_tower.*`, ...) plus `lm_head.*`. Here the tree is
+`vision.*` + `language_model.*`; `sanitize` maps both the released and the converted layout.
+"""
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from . import language
+from .vision import MGMVision, rename
+
+
+class Model(nn.Module):
+    def __init__(self, config: dict, vision: MGMVision, language_model: nn.Module):
+        super().__init__()
+        self.config = config
+        self.vision = vision
+        self.language_model = language_model
+
+    @classmethod
+    def from_weights(cls, config: dict, weights: dict):
+        """Build from a config and raw or converted weights (tower sizes come from the weights)."""
+        llm = language.build(config)
+        vision_weights = {k[len("vision.") :] if k.startswith("vision.") else k: v for k, v in weights.items()}
+        vision = MGMVision.from_weights(config, vision_weights)
+        return cls(config, vision, llm)
+
+    def sanitize(self, weights: dict) -> dict:
+        vision, llm = {}, {}
+        for key, value in weights.items():
+            if key.startswith("vision."):
+                vision[key[len("vision.") :]] = value
+            elif key.startswith("language_model."):
+                llm[key[len("language_model.") :]] = value
+            elif rename(key):
+                vision[key] = value
+            else:
+                llm[key] = value
+        if hasattr(self.language_model, "sanitize"):
+            llm = self.language_model.sanitize(llm)
+        if language.is_tied(self.config):
+            # The released 2B checkpoint stores lm_head beside the embedding it is tied to.
+            llm.pop("lm_head.weight", None)
+        return {
+            **{"vision." + k: v for k, v in self.vision.sanitize(vision).items()},
+            **{"language_model." + k: v for k, v in llm.items()},
+        }
+
+    def quantize(self, group_size: int = 64, bits: int = 4, weights: dict | None = None):
+        """Quantize the LLM (embeddings and lm_head too, as mlx-lm does); the image path stays.
+
+        With `weights` (a converted folder), exactly the layers that have scales there."""
+
+        def predicate(path, module):
+            if not hasattr(module, "to_quantized"):
+                return False
+            if weights is not None:
+                return f"language_model.{path}.scales" in weights
+            return module.weight.shape[-1] % group_size == 0
+
+        nn.quantize(self.language_model, group_size, bits, class_predicate=predicate)
+
+    def load(self, weights: dict, dtype=None, vision_dtype=None):
+        """Load sanitized weights strictly (every tensor present, every shape as configured)."""
+        cast = {}
+        for key, value in weights.items():
+            target = vision_dtype if key.startswith("vision.") else dtype
+            if target is not None and mx.issubdtype(value.dtype, mx.floating):
+                value = value.astype(target)
+            cast[key] = value
+        try:
+            self.load_weights(list(cast.items()), strict=True)
+        except ValueError as e:
+            raise ValueError(f"the weights do not match the config: {' '.join(str(e).split())}") from None
