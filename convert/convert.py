@@ -105,10 +105,11 @@ def _model_card(hf_path, config: dict, model) -> str:
     size = _size(sum(v.nbytes for _, v in tree_flatten(model.parameters())))
     vision_dtype = str(tree_flatten(model.vision.parameters())[0][1].dtype).split(".")[-1]
     how = f"{q['bits']}-bit (group size {q['group_size']}) LLM" if q else f"{config['torch_dtype']} LLM"
+    source = str(hf_path) if Path(str(hf_path)).exists() else f"[{hf_path}](https://huggingface.co/{hf_path})"
     return (
         f"# {Path(str(hf_path)).name} for mgm-mlx\n\n"
-        f"[Mini-Gemini]({'https://huggingface.co/' + str(hf_path) if not Path(str(hf_path)).exists() else 'https://github.com/dvlab-research/MGM'}) "
-        f"converted with mgm-mlx: {how}, image path in {vision_dtype}, {size}.\n"
+        f"Mini-Gemini (MGM) from {source}, converted with mgm-mlx: {how}, "
+        f"image path in {vision_dtype}, {size}.\n"
         f"LLM: {family(config)} ({config.get('model_type')}); "
         f"image tokens: {model.vision.num_tokens}; template: {config['mgm_template']}.\n\n"
         "```python\nimport mgm_mlx\n\nmodel, processor = mgm_mlx.load(\"path/to/this/folder\")\n```\n"
