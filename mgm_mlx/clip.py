@@ -1,8 +1,8 @@
 """Low-res tower: CLIP ViT (transformers CLIPVisionModel semantics), channels-last input.
 
-MGM takes hidden_states[select_layer] (-2: the output of the second-to-last layer), drops
-the CLS token and never applies post_layernorm, so only the layers it needs are built
-(the unused checkpoint tensors are dropped when loading).
+MGM takes hidden_states[select_layer] (-2: the output of the second-to-last layer) and
+drops the CLS token, so only the first layers run and post_layernorm is never built. All
+layers are kept, so the depth read from any saved copy of the weights stays right.
 """
 
 import math
@@ -113,7 +113,7 @@ class EncoderLayer(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, config: VisionConfig):
         super().__init__()
-        self.layers = [EncoderLayer(config) for _ in range(config.num_layers_run)]
+        self.layers = [EncoderLayer(config) for _ in range(config.num_hidden_layers)]
 
 
 class Embeddings(nn.Module):
@@ -140,10 +140,11 @@ class ClipVisionTransformer(nn.Module):
         self.embeddings = Embeddings(config)
         self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.encoder = Encoder(config)
+        self.num_layers_run = config.num_layers_run
 
     def __call__(self, x):
         x = self.pre_layrnorm(self.embeddings(x))
-        for layer in self.encoder.layers:
+        for layer in self.encoder.layers[: self.num_layers_run]:
             x = layer(x)
         return x
 

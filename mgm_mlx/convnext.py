@@ -40,9 +40,11 @@ class ConvNeXtConfig:
                 dims[s] = value.shape[0]
         stem = weights[prefix + "vision_stem.0.weight"]
         square = stem.shape[2] == stem.shape[3]  # PyTorch [O, I, k, k] or MLX [O, k, k, I]
+        dims = [dims[s] for s in sorted(dims)]
         return cls(
             depths=[depth[s] for s in sorted(depth)],
-            dims=[dims[s] for s in sorted(dims)],
+            dims=dims,
+            layer_norm_eps=1e-5 if dims == [384, 768, 1536, 3072] else 1e-6,  # timm: xxlarge uses 1e-5
             in_channels=stem.shape[1] if square else stem.shape[3],
             stem_size=stem.shape[2] if square else stem.shape[1],
         )

@@ -12,7 +12,7 @@ import mlx.core as mx
 
 from .model import Model
 from .prompt import Processor
-from .vision import MGMVision
+from .vision import MGMVision, load_strict
 
 # What a download fetches: no training_args.bin, no optimizer state.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
@@ -43,12 +43,22 @@ def load_config(path) -> dict:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder not found: {path}")
+    file = path / "config.json"
+    if not file.exists():
+        raise FileNotFoundError(f"{path} has no config.json")
+    config = _read_json(file)
+    if not isinstance(config, dict):
+        raise ValueError(f"{file} does not hold a JSON object")
+    return config
+
+
+def _read_json(file: Path):
     try:
-        return json.loads((path / "config.json").read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} has no config.json") from None
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {file} ({e.__class__.__name__})") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path / 'config.json'} is not valid JSON ({e})") from None
+        raise ValueError(f"{file} is not valid JSON ({e})") from None
 
 
 def read_tensors(file: Path) -> dict:
@@ -75,7 +85,10 @@ def weight_files(path) -> list:
     path = Path(path)
     for index, pattern in (("model.safetensors.index.json", "*.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model*.bin")):
         if (path / index).exists():
-            names = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
+            weight_map = _read_json(path / index)
+            if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
+                raise ValueError(f"{path / index} has no weight_map")
+            names = sorted(set(weight_map["weight_map"].values()))
             missing = [n for n in names if not (path / n).exists()]
             if missing:
                 raise FileNotFoundError(f"shard {missing[0]} named by {index} is missing in {path}")
@@ -180,7 +193,7 @@ def vision_from_weights(config: dict, weights: dict, dtype=None) -> MGMVision:
     weights = model.sanitize(weights)
     if dtype is not None:
         weights = {k: v.astype(dtype) for k, v in weights.items()}
-    model.load_weights(list(weights.items()), strict=True)
+    load_strict(model, weights)
     mx.eval(model.parameters())
     return model
 

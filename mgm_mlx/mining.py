@@ -52,7 +52,10 @@ def mine(features, aux, query_projector, aux_projector, val_projector) -> mx.arr
     q = run(query_projector, features)
     k = run(aux_projector, windows)
     v = run(val_projector, windows)
-    logits = (k @ q[..., None])[..., 0] * (k.shape[-1] ** -0.5)  # [N, T, s*s]
+    # The reference scales k by 1/sqrt(C) before the product; scaling q is the same and
+    # cheaper, and like it keeps float16 dot products from overflowing.
+    q = q * (k.shape[-1] ** -0.5)
+    logits = (k @ q[..., None])[..., 0]  # [N, T, s*s]
     weights = mx.softmax(mx.nan_to_num(logits), axis=-1, precise=True)
     mined = (weights[..., None, :] @ v)[..., 0, :]
     return features + mined

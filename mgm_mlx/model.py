@@ -9,7 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from . import language
-from .vision import MGMVision, rename
+from .vision import MGMVision, load_strict, rename
 
 
 class Model(nn.Module):
@@ -70,7 +70,4 @@ class Model(nn.Module):
             if target is not None and mx.issubdtype(value.dtype, mx.floating):
                 value = value.astype(target)
             cast[key] = value
-        try:
-            self.load_weights(list(cast.items()), strict=True)
-        except ValueError as e:
-            raise ValueError(f"the weights do not match the config: {' '.join(str(e).split())}") from None
+        load_strict(self, cast)

@@ -39,8 +39,16 @@ class VisionArgs:
 
     @classmethod
     def from_dict(cls, config: dict):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in names and v is not None})
+        args = {}
+        for f in fields(cls):
+            value = config.get(f.name)
+            if value is None:
+                continue
+            kind = type(f.default)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"config {f.name}={value!r} should be {kind.__name__}")
+            args[f.name] = value
+        return cls(**args)
 
 
 def rename(key: str) -> str:
@@ -86,6 +94,13 @@ class MGMVision(nn.Module):
         `mm_vision_config` in the config (written by the converter, or taken from a CLIP
         tower folder) overrides what the weights cannot say: heads, activation, depth."""
         w = {rename(k): v for k, v in weights.items()}
+        try:
+            return cls._from_renamed(config, w)
+        except KeyError as e:
+            raise ValueError(f"the checkpoint lacks {e.args[0]} (or it has the wrong name)") from None
+
+    @classmethod
+    def _from_renamed(cls, config: dict, w: dict):
         for part, (key, prefix) in REQUIRED.items():
             if key not in w:
                 hint = {"CLIP": "; give its folder with --vision-tower", "ConvNeXt": "; give its folder with --vision-tower-aux"}
@@ -94,6 +109,8 @@ class MGMVision(nn.Module):
         overrides = {**config.get("mm_vision_config", {}), "select_layer": args.mm_vision_select_layer}
         clip_config = clip.VisionConfig.from_weights(w, prefix="vision_tower.vision_model.", **overrides)
         convnext_config = convnext.ConvNeXtConfig.from_weights(w, prefix="vision_tower_aux.")
+        for k, v in config.get("mm_vision_aux_config", {}).items():
+            setattr(convnext_config, k, v)
         first = "mm_projector.weight" if "mm_projector.weight" in w else "mm_projector.0.weight"
         for name, expected in (("mm_hidden_size", clip_config.hidden_size), ("mm_hidden_size_aux", convnext_config.hidden_size)):
             if config.get(name, expected) != expected:
@@ -102,7 +119,7 @@ class MGMVision(nn.Module):
 
     def sanitize(self, weights: dict) -> dict:
         """Released (or already sanitized) weights -> this tree. Keys the image path does not
-        use (CLIP's last layer and post_layernorm, the LLM) are dropped; convs OIHW -> OHWI."""
+        use (CLIP's post_layernorm, the LLM) are dropped; convs OIHW -> OHWI."""
         expected = dict(tree_flatten(self.parameters()))
         out = {}
         for key, value in weights.items():
@@ -128,6 +145,9 @@ class MGMVision(nn.Module):
         """
         args = self.args
         g, use_global = args.image_grid, args.image_global
+        s = args.image_size_aux
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (s, s, 3):
+            raise ValueError(f"expected pixels [B, {s}, {s}, 3] from preprocess(image, {s}); got {tuple(pixels.shape)}")
         b = pixels.shape[0]
         dtype = self.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype
         aux_dtype = self.vision_tower_aux.vision_stem[0].weight.dtype
@@ -156,6 +176,15 @@ class MGMVision(nn.Module):
         tokens = mining.run(self.mm_projector, tokens)
         _lap(timings, "mining", tokens, tic)
         return tokens
+
+
+def load_strict(module: nn.Module, weights: dict):
+    """Every parameter present and of the configured shape, else one clear line."""
+    try:
+        module.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        text = " ".join(str(e).split())
+        raise ValueError(f"the weights do not match the config: {text[:300]}") from None
 
 
 def _lap(timings, name, value, tic):

@@ -27,5 +27,5 @@ def test_real_mgm_shapes(hd, hidden, dtype):
     tokens = model(pixels)
     assert tokens.shape == (1, 2880 if hd else 576, hidden) and tokens.dtype == dtype
     assert model.num_tokens == tokens.shape[1]
-    # 23 of CLIP-L's 24 layers are built and run (hidden_states[-2])
-    assert len(model.vision_tower.vision_model.encoder.layers) == 23
+    # 23 of CLIP-L's 24 layers run (hidden_states[-2])
+    assert model.vision_tower.vision_model.num_layers_run == 23

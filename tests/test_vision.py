@@ -17,7 +17,7 @@ from mgm_mlx import mining
 from mgm_mlx.clip import VisionConfig
 from mgm_mlx.convnext import ConvNeXtConfig
 from mgm_mlx.image import lowres_views, preprocess, resize_bilinear
-from mgm_mlx.loading import load_weights, vision_from_weights
+from mgm_mlx.loading import load_vision, load_weights, vision_from_weights
 
 RESIZES = {
     "down_768_336": (768, 336, 1),
@@ -54,7 +54,7 @@ def test_tower_sizes_come_from_the_weights(vision):
     c = vision.vision_tower.config
     assert (c.hidden_size, c.intermediate_size, c.num_hidden_layers) == (128, 256, 3)
     assert (c.num_attention_heads, c.image_size, c.patch_size) == (2, 336, 14)
-    assert c.num_layers_run == 2 and len(vision.vision_tower.vision_model.encoder.layers) == 2
+    assert c.num_layers_run == 2 and vision.vision_tower.vision_model.num_layers_run == 2
     n = vision.vision_tower_aux.config
     assert (n.depths, n.dims, n.hidden_size) == ([1, 1, 2, 1], [8, 16, 24, 32], 80)
     assert vision.num_tokens == 576
@@ -127,6 +127,7 @@ def test_hd_pipeline_matches_reference(gold, vision_hd):
 def test_batch_equals_one_by_one(vision_hd):
     pixels = mx.array(np.stack([preprocess(mode_variants()[m], 1536) for m in ("rgb", "tall")]))
     both = vision_hd(pixels)
+    assert_close(both[:1], np.array(vision_hd(pixels[:1])), tol=1e-5)
     assert_close(both[1:], np.array(vision_hd(pixels[1:])), tol=1e-5)
 
 
@@ -168,11 +169,50 @@ def test_missing_tower_is_named(prefix, part):
 
 def test_unused_tensors_are_dropped(vision):
     kept = vision.sanitize(load_weights(TINY))
-    assert not any("post_layernorm" in k or "layers.2." in k or "embed_tokens" in k for k in kept)
+    assert not any("post_layernorm" in k or "embed_tokens" in k for k in kept)
     assert kept["vision_tower.vision_model.embeddings.patch_embedding.weight"].shape == (128, 14, 14, 3)
     # sanitizing twice changes nothing (converted folders hold sanitized weights)
     again = vision.sanitize(kept)
     assert {k: v.shape for k, v in again.items()} == {k: v.shape for k, v in kept.items()}
+
+
+def test_saved_sanitized_weights_load_the_same(vision, gold, tmp_path):
+    # a folder holding already-sanitized weights must rebuild the same model
+    weights = vision.sanitize(load_weights(TINY))
+    mx.save_safetensors(str(tmp_path / "model.safetensors"), weights)
+    (tmp_path / "config.json").write_text((TINY / "config.json").read_text())
+    again = load_vision(tmp_path, mx.float32)
+    assert again.vision_tower.config == vision.vision_tower.config
+    pixels = mx.array(preprocess(mode_variants()["rgb"], 768)[None])
+    assert_close(again(pixels), gold["pipeline/tokens"])
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 768, 768), (1, 336, 336, 3), (768, 768, 3)])
+def test_wrong_pixel_shape_is_refused(vision, shape):
+    with pytest.raises(ValueError, match=r"expected pixels \[B, 768, 768, 3\]"):
+        vision(mx.zeros(shape))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: (d / "config.json").write_text("null"), "JSON object"),
+    (lambda d: (d / "config.json").write_text('{"image_grid": "2"}'), "image_grid='2' should be int"),
+    (lambda d: (d / "config.json").write_bytes(b"\xff\xfe{"), "cannot read"),
+    (lambda d: (d / "model.safetensors.index.json").write_text("{}"), "no weight_map"),
+    (lambda d: (d / "model.safetensors.index.json").write_text("{oops"), "not valid JSON"),
+])
+def test_bad_folders_give_one_line(tmp_path, edit, words):
+    for f in TINY.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    edit(tmp_path)
+    with pytest.raises(ValueError, match=words) as info:
+        load_vision(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    weights = {k: v for k, v in load_weights(TINY).items() if "mm_projector.0" not in k}
+    with pytest.raises(ValueError, match="mm_projector.0.weight"):
+        vision_from_weights(json.loads((TINY / "config.json").read_text()), weights)
 
 
 # ---- live comparisons on fresh inputs (need torch, transformers, timm)
