@@ -7,6 +7,8 @@ Released configs name the class (architectures) and a model_type that is either 
 import importlib
 
 import mlx.nn as nn
+from mlx_lm.models import gemma
+from mlx_lm.models.base import create_attention_mask
 
 # MGM class / model_type -> mlx_lm.models module
 ARCHITECTURES = {
@@ -45,10 +47,29 @@ def family(config: dict) -> str:
     )
 
 
+class Gemma(gemma.Model):
+    """mlx-lm's Gemma, plus the `input_embeddings` input that llama and mixtral have.
+
+    transformers' GemmaModel multiplies whatever embeddings it gets by sqrt(hidden), so the
+    spliced image tokens are scaled too; MGM-2B was trained that way."""
+
+    def __call__(self, inputs, cache=None, input_embeddings=None):
+        m = self.model
+        h = m.embed_tokens(inputs) if input_embeddings is None else input_embeddings
+        h = h * (self.args.hidden_size**0.5)
+        cache = cache or [None] * len(m.layers)
+        mask = create_attention_mask(h, cache[0])
+        for layer, c in zip(m.layers, cache):
+            h = layer(h, mask, c)
+        return m.embed_tokens.as_linear(m.norm(h))
+
+
 def build(config: dict) -> nn.Module:
+    """An mlx-lm model whose __call__ takes (inputs, cache, input_embeddings)."""
     name = family(config)
     module = importlib.import_module(f"mlx_lm.models.{name}")
-    return module.Model(module.ModelArgs.from_dict({**config, "model_type": name}))
+    args = module.ModelArgs.from_dict({**config, "model_type": name})
+    return Gemma(args) if name == "gemma" else module.Model(args)
 
 
 def is_tied(config: dict) -> bool:

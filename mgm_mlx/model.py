@@ -27,6 +27,31 @@ class Model(nn.Module):
         vision = MGMVision.from_weights(config, vision_weights)
         return cls(config, vision, llm)
 
+    @property
+    def max_length(self) -> int:
+        """Text plus image tokens the model takes (the reference truncates at this length)."""
+        return int(self.config.get("tokenizer_model_max_length") or 2048)
+
+    def embed(self, ids: list, images: list) -> mx.array:
+        """Token ids with IMAGE_TOKEN_INDEX placeholders + one [T, H] block per placeholder
+        -> input embeddings [1, L, H] (prepare_inputs_labels_for_multimodal)."""
+        embed_tokens = self.language_model.model.embed_tokens
+        dtype = self.language_model.model.norm.weight.dtype
+        pieces, text, k = [], [], 0
+        for i in ids + [None]:
+            if i is not None and i >= 0:
+                text.append(i)
+                continue
+            if text:
+                pieces.append(embed_tokens(mx.array(text)).astype(dtype))
+                text = []
+            if i is not None:
+                pieces.append(images[k].astype(dtype))
+                k += 1
+        if k != len(images):
+            raise ValueError(f"the prompt has {k} <image> tokens for {len(images)} images")
+        return mx.concatenate(pieces, axis=0)[None]
+
     def sanitize(self, weights: dict) -> dict:
         vision, llm = {}, {}
         for key, value in weights.items():

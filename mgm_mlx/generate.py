@@ -1,0 +1,216 @@
+"""Image chat: template -> tokens around <image> -> spliced embeddings -> mlx-lm's loop.
+
+    python -m mgm_mlx.generate --model mgm-2b-4bit --image photo.jpg --prompt "What is here?"
+
+The answer streams to stdout; statistics go to stderr.
+"""
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+from mlx_lm.generate import stream_generate as lm_stream_generate
+from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.sample_utils import make_sampler
+
+from .image import ImageError
+from .prompt import IMAGE, STOP_TOKENS, TEMPLATES, format_prompt, label_images, system_text, tokenize
+
+
+@dataclass
+class Response:
+    """One streamed piece of a reply, with running statistics (mlx-lm's fields + MGM's)."""
+
+    text: str
+    token: int
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    peak_memory: float
+    finish_reason: str | None
+    image_tokens: int = 0
+    vision_ms: dict = field(default_factory=dict)
+
+
+class Chat:
+    """A conversation that keeps the KV cache between turns and encodes each image once.
+
+    Each turn renders the whole conversation with the template, as the reference does, and
+    runs the LLM only on what differs from what the cache already holds."""
+
+    def __init__(self, model, processor, system: str | None = None, template: str | None = None):
+        self.model = model
+        self.processor = processor
+        self.template = template or processor.template
+        if self.template not in TEMPLATES:
+            raise ValueError(f"unknown template {self.template!r}; choose from {', '.join(TEMPLATES)}")
+        system_text(self.template, system)  # refuse a system prompt the template cannot take
+        self.system = system
+        tokenizer = processor.tokenizer
+        vocab = tokenizer.get_vocab()
+        for token in STOP_TOKENS[self.template]:
+            if token in vocab:
+                tokenizer.add_eos_token(token)
+        self.reset()
+
+    def reset(self):
+        """Start a new conversation (same model, same settings)."""
+        self.messages = []  # user, assistant, user, ... (user texts carry their <image>s)
+        self.images = []  # one [T, H] block per image, in prompt order
+        self.cache = None
+        self.cached = []  # the token ids the cache holds, image tokens expanded
+
+    def stream(self, text: str, images=(), max_tokens: int = 256, temp: float = 0.0,
+               top_p: float = 1.0, seed: int | None = None, max_kv_size: int | None = None):
+        """Send a user turn; yields Response pieces of the reply."""
+        if seed is not None:
+            mx.random.seed(seed)
+        vision_ms = {}
+        new_images = [self._encode(image, vision_ms) for image in images]
+        user = IMAGE + "\n"
+        user = user * len(new_images) + text
+        messages = self.messages + [user, None]
+        prompt = label_images(format_prompt(self.template, messages, self.system))
+        ids = tokenize(self.processor.tokenizer._tokenizer, prompt)
+        images_all = self.images + new_images
+        expanded = _expand(ids, [im.shape[0] for im in images_all])
+        if len(expanded) > self.model.max_length:
+            raise ValueError(
+                f"the prompt is {len(expanded)} tokens ({sum(im.shape[0] for im in images_all)} for images); "
+                f"the model takes at most {self.model.max_length}"
+            )
+        embeddings = self.model.embed(ids, images_all)[0]
+
+        if self.cache is None or (self.cached and not can_trim_prompt_cache(self.cache)):
+            self.cache, self.cached = make_prompt_cache(self.model.language_model, max_kv_size), []
+        common = min(_common_prefix(self.cached, expanded), len(expanded) - 1)
+        if len(self.cached) > common:
+            trim_prompt_cache(self.cache, len(self.cached) - common)
+
+        sampler = make_sampler(temp, top_p if 0 < top_p < 1 else 0.0)
+        reply, tokens, response = [], [], None
+        for r in lm_stream_generate(
+            self.model.language_model, self.processor.tokenizer,
+            mx.array([max(i, 0) for i in expanded[common:]]), max_tokens=max_tokens,
+            input_embeddings=embeddings[common:], prompt_cache=self.cache, sampler=sampler,
+        ):
+            reply.append(r.text)
+            tokens.append(r.token)
+            response = Response(
+                r.text, r.token, r.prompt_tokens, r.prompt_tps, r.generation_tokens, r.generation_tps,
+                r.peak_memory, r.finish_reason, sum(im.shape[0] for im in new_images), vision_ms,
+            )
+            yield response
+        # What the cache holds now: the prompt and the tokens fed back so far.
+        self.cached = (expanded + tokens)[: self.cache[0].offset]
+        self.images = images_all
+        self.messages = messages[:-1] + ["".join(reply).strip()]
+
+    def send(self, text: str, images=(), **kwargs) -> str:
+        """Send a user turn and return the whole reply."""
+        return "".join(r.text for r in self.stream(text, images, **kwargs))
+
+    def _encode(self, image, timings: dict) -> mx.array:
+        pixels = self.processor.images([image])
+        return self.model.vision(pixels, timings=timings)[0]
+
+
+def _expand(ids: list, sizes: list) -> list:
+    """One id per position: image k becomes sizes[k] copies of a marker -(k + 1)."""
+    out, k = [], 0
+    for i in ids:
+        if i >= 0:
+            out.append(i)
+        else:
+            out.extend([-(k + 1)] * sizes[k])
+            k += 1
+    return out
+
+
+def _common_prefix(a: list, b: list) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def stream_generate(model, processor, prompt: str, images=(), system=None, template=None, **kwargs):
+    """One question (with images) -> streamed Response pieces of the answer."""
+    yield from Chat(model, processor, system, template).stream(prompt, images, **kwargs)
+
+
+def generate(model, processor, prompt: str, images=(), system=None, template=None, verbose=False, **kwargs) -> str:
+    """One question (with images) -> the answer. verbose streams it and prints statistics."""
+    text, response = [], None
+    for response in stream_generate(model, processor, prompt, images, system, template, **kwargs):
+        text.append(response.text)
+        if verbose:
+            print(response.text, end="", flush=True)
+    if verbose and response is not None:
+        print()
+        print_stats(response)
+    return "".join(text)
+
+
+def print_stats(r: Response, file=sys.stderr):
+    print("=" * 10, file=file)
+    if r.image_tokens:
+        v = r.vision_ms
+        print(f"Image tokens: {r.image_tokens}; vision: CLIP {v.get('clip', 0):.0f} ms, "
+              f"ConvNeXt {v.get('convnext', 0):.0f} ms, mining {v.get('mining', 0):.0f} ms", file=file)
+    print(f"Prompt: {r.prompt_tokens} tokens, {r.prompt_tps:.3f} tokens-per-sec", file=file)
+    print(f"Generation: {r.generation_tokens} tokens, {r.generation_tps:.3f} tokens-per-sec", file=file)
+    print(f"Peak memory: {r.peak_memory:.3f} GB", file=file)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mgm_mlx.generate", description="Ask MGM about images.")
+    parser.add_argument("--model", required=True, help="converted folder, released folder or repo id")
+    parser.add_argument("--image", action="append", default=[], help="an image (repeat for several)")
+    parser.add_argument("--prompt", required=True, help="the question; - reads it from stdin")
+    parser.add_argument("--max-tokens", "-m", type=int, default=256)
+    parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--template", choices=list(TEMPLATES), help="default: from the model's config")
+    parser.add_argument("--system", help="system prompt (templates that have one)")
+    parser.add_argument("--q-bits", type=int, choices=[4, 8], help="quantize the LLM while loading")
+    parser.add_argument("--verbose", action="store_true", help="also print the formatted prompt")
+    parser.add_argument("--quiet", action="store_true", help="print only the answer")
+    args = parser.parse_args(argv)
+
+    from .loading import load
+
+    try:
+        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+        if not prompt.strip():
+            raise ValueError("the prompt is empty")
+        tic = time.perf_counter()
+        model, processor = load(args.model, quantize_bits=args.q_bits, template=args.template)
+        if not args.quiet:
+            print(f"Loaded {args.model} in {time.perf_counter() - tic:.1f} s (template {processor.template})", file=sys.stderr)
+        chat = Chat(model, processor, args.system, args.template)
+        if args.verbose:
+            user = (IMAGE + "\n") * len(args.image) + prompt
+            print(label_images(format_prompt(chat.template, [user, None], args.system)), file=sys.stderr)
+        response = None
+        for response in chat.stream(prompt, args.image, max_tokens=args.max_tokens, temp=args.temp,
+                                    top_p=args.top_p, seed=args.seed):
+            print(response.text, end="", flush=True)
+        print()
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        sys.exit(130)
+    except (ImageError, FileNotFoundError, ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    if response is not None and not args.quiet:
+        print_stats(response)
+
+
+if __name__ == "__main__":
+    main()
