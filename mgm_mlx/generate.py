@@ -15,7 +15,7 @@ from mlx_lm.generate import stream_generate as lm_stream_generate
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 
-from .image import ImageError
+from .image import ImageError, load_image
 from .prompt import IMAGE, STOP_TOKENS, TEMPLATES, format_prompt, label_images, system_text, tokenize
 
 
@@ -177,29 +177,32 @@ def main(argv=None):
     parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0: greedy)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--template", choices=list(TEMPLATES), help="default: from the model's config")
+    parser.add_argument("--template", help=f"{', '.join(TEMPLATES)} (default: from the model's config)")
     parser.add_argument("--system", help="system prompt (templates that have one)")
     parser.add_argument("--q-bits", type=int, choices=[4, 8], help="quantize the LLM while loading")
-    parser.add_argument("--verbose", action="store_true", help="also print the formatted prompt")
+    parser.add_argument("--verbose", action="store_true", help="also print load time and the formatted prompt")
     parser.add_argument("--quiet", action="store_true", help="print only the answer")
     args = parser.parse_args(argv)
 
     from .loading import load
 
     try:
+        if args.template is not None and args.template not in TEMPLATES:
+            raise ValueError(f"unknown template {args.template!r}; choose from {', '.join(TEMPLATES)}")
         prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
         if not prompt.strip():
             raise ValueError("the prompt is empty")
+        images = [load_image(path) for path in args.image]  # bad images fail before the model loads
         tic = time.perf_counter()
         model, processor = load(args.model, quantize_bits=args.q_bits, template=args.template)
-        if not args.quiet:
+        if args.verbose:
             print(f"Loaded {args.model} in {time.perf_counter() - tic:.1f} s (template {processor.template})", file=sys.stderr)
         chat = Chat(model, processor, args.system, args.template)
         if args.verbose:
             user = (IMAGE + "\n") * len(args.image) + prompt
             print(label_images(format_prompt(chat.template, [user, None], args.system)), file=sys.stderr)
         response = None
-        for response in chat.stream(prompt, args.image, max_tokens=args.max_tokens, temp=args.temp,
+        for response in chat.stream(prompt, images, max_tokens=args.max_tokens, temp=args.temp,
                                     top_p=args.top_p, seed=args.seed):
             print(response.text, end="", flush=True)
         print()

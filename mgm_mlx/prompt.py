@@ -150,6 +150,8 @@ class Processor:
             raise ValueError(f"cannot load the tokenizer in {path} ({str(e).splitlines()[0][:200]})") from None
         finally:
             hf_logging.set_verbosity(verbosity)
+        # The length limit is checked on text + image tokens (Chat); no tokenizer warning.
+        tokenizer._tokenizer.model_max_length = 1 << 40
         template = template or config.get("mgm_template") or pick_template(config, tokenizer.get_vocab())
         return cls(tokenizer, image_size, template)
 

@@ -1,9 +1,10 @@
 """Tiny random MGM checkpoints in the released on-disk layout (no torch needed).
 
 config.json, bf16 safetensors in two shards with model.safetensors.index.json, tokenizer
-files from a BPE tokenizer trained here, the LLM under its Hugging Face key names, and the
-image path from tests/goldens/tiny-mgm. Towers can also go into separate folders laid out
-like openai/clip-vit-large-patch14-336 (HF) and laion/CLIP-convnext_large_d_320 (OpenCLIP).
+files, the LLM under its Hugging Face key names (tests/goldens/llm-*, made once by
+make_goldens.py with write_llm) and the image path from tests/goldens/tiny-mgm. Towers can
+also go into separate folders laid out like openai/clip-vit-large-patch14-336 (HF) and
+laion/CLIP-convnext_large_d_320 (OpenCLIP).
 """
 
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from common import TINY
+from common import GOLDENS, HD_FIELDS, TINY
 
 from mgm_mlx import language
 from mgm_mlx.loading import load_weights
@@ -43,7 +44,7 @@ MOE = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
 
 
 def make_tokenizer(folder: Path) -> int:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -53,6 +54,8 @@ def make_tokenizer(folder: Path) -> int:
     trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus, trainer)
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)])
     tok.save(str(folder / "tokenizer.json"))
     special = {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>"}
     (folder / "tokenizer_config.json").write_text(json.dumps(
@@ -61,13 +64,14 @@ def make_tokenizer(folder: Path) -> int:
     return tok.get_vocab_size()
 
 
-def llm_weights(config: dict, seed: int) -> dict:
+def llm_weights(config: dict, seed: int, scale: float) -> dict:
     """Random LLM tensors under Hugging Face names (mlx-lm uses the same, but for MoE)."""
     mx.random.seed(seed)
     model = language.build(config)
     weights = {}
     for key, value in tree_flatten(model.parameters()):
-        value = value + 0.02 * mx.random.normal(value.shape)  # norms away from their init too
+        # larger than mlx's init so greedy choices are clear; norms away from their init too
+        value = (scale if value.ndim > 1 else 1) * value + 0.02 * mx.random.normal(value.shape)
         if ".switch_mlp." in key:
             prefix, name, leaf = key.rsplit(".", 2)
             prefix = prefix.replace(".switch_mlp", ".experts")
@@ -93,11 +97,26 @@ def save_shards(folder: Path, weights: dict):
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
 
-def make_checkpoint(folder: Path, llm: str = "gemma", legacy: bool = False, towers_inside: bool = True, seed: int = 0):
-    """Write a checkpoint folder; returns (folder, tower folders or None)."""
-    folder.mkdir(parents=True)
+def write_llm(folder: Path, llm: str, seed: int = 0, scale: float = 3.0):
+    """The stored LLM part of a tiny checkpoint: config, tokenizer, HF-named bf16 tensors."""
+    folder.mkdir(parents=True, exist_ok=True)
     vocab = make_tokenizer(folder)
     config = {**json.loads((TINY / "config.json").read_text()), **LLMS[llm], "vocab_size": vocab}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    weights = {k: v.astype(mx.bfloat16) for k, v in llm_weights(config, seed, scale).items()}
+    mx.save_safetensors(str(folder / "llm.safetensors"), weights, metadata={"format": "pt"})
+
+
+def make_checkpoint(folder: Path, llm: str = "gemma", legacy: bool = False, towers_inside: bool = True, hd: bool = False):
+    """Write a checkpoint folder; returns (folder, tower folders or None)."""
+    source = GOLDENS / f"llm-{llm}"
+    folder.mkdir(parents=True)
+    for f in source.iterdir():
+        if f.name != "llm.safetensors":
+            (folder / f.name).write_bytes(f.read_bytes())
+    config = json.loads((source / "config.json").read_text())
+    if hd:
+        config.update(HD_FIELDS)
     if legacy:
         config["architectures"] = [LEGACY[config["architectures"][0]][0]]
         config["model_type"] = LEGACY[LLMS[llm]["architectures"][0]][1]
@@ -107,7 +126,7 @@ def make_checkpoint(folder: Path, llm: str = "gemma", legacy: bool = False, towe
     if not towers_inside:
         towers = write_tower_folders(folder.parent / f"{folder.name}-towers", vision)
         vision = {k: v for k, v in vision.items() if not k.startswith(("model.vision_tower.", "model.vision_tower_aux."))}
-    save_shards(folder, {**llm_weights(config, seed), **vision})
+    save_shards(folder, {**mx.load(str(source / "llm.safetensors")), **vision})
     return folder, towers
 
 

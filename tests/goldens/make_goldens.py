@@ -1,10 +1,14 @@
 """Re-make the golden files in tests/goldens from the PyTorch reference.
 
     pip install torch==2.14.1 torchvision==0.29.1 transformers timm open_clip_torch
-    python tests/goldens/make_goldens.py
+    pip install -e .          # mlx writes the tiny LLM weights
+    git clone https://github.com/dvlab-research/MGM /tmp/MGM
+    python tests/goldens/make_goldens.py --mgm-repo /tmp/MGM
 
-Writes tiny-mgm/ (a random bf16 checkpoint in the released MGM layout: config.json,
-two safetensors shards and their index) and vision.npz (reference outputs, channels last).
+Writes tiny-mgm/ (a random bf16 image path in the released MGM layout: config.json, two
+safetensors shards and their index), llm-{gemma,llama,mixtral}/ (tiny LLMs with a tokenizer),
+vision.npz and chat.npz (reference outputs) and chat.json / templates.json (prompts from the
+reference's own mgm/conversation.py, token ids, greedy continuations).
 """
 
 import json
@@ -18,6 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import reference as ref  # noqa: E402
+from checkpoints import write_llm  # noqa: E402
 from common import GOLDENS, HD_FIELDS, SMALL, TINY, mode_variants, smooth  # noqa: E402
 
 CONFIG = {
@@ -142,7 +147,77 @@ def goldens(clip_model, trunk, m):
     return out
 
 
+CHATS = [  # name, LLM, template, HD
+    ("gemma", "gemma", "gemma", False),
+    ("llama", "llama", "vicuna_v1", False),
+    ("mixtral", "mixtral", "mistral_instruct", False),
+    ("gemma-hd", "gemma", "gemma", True),
+]
+QUESTION = "What is in the picture?"
+
+
+def reference_conversation(mgm_repo: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mgm_conversation", mgm_repo / "mgm" / "conversation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def prompt_of(conv_module, template, turns):
+    conv = conv_module.conv_templates[template].copy()
+    conv.messages = []
+    for user, answer in turns:
+        conv.append_message(conv.roles[0], user)
+        conv.append_message(conv.roles[1], answer)
+    return conv.get_prompt()
+
+
+def template_goldens(conv_module):
+    out = {}
+    for template in ("gemma", "vicuna_v1", "mistral_instruct", "chatml_direct", "llama_3"):
+        out[template] = {
+            "one": prompt_of(conv_module, template, [("<image>\n" + QUESTION, None)]),
+            "two": prompt_of(conv_module, template, [("<image>\n" + QUESTION, "A red house."), ("And the sky?", None)]),
+            "images": prompt_of(conv_module, template, [("<image>\n<image>\nCompare them.", None)]),
+        }
+    return out
+
+
+@torch.no_grad()
+def chat_goldens(conv_module, clip_model, trunk, m, work: Path):
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    arrays, info = {}, {}
+    image = mode_variants()["rgb"]
+    for name, llm, template, hd in CHATS:
+        folder = GOLDENS / f"llm-{llm}"
+        config = json.loads((folder / "config.json").read_text())
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        prompt = prompt_of(conv_module, template, [("<image>\n" + QUESTION, None)])
+        ids = ref.tokenizer_image_token(prompt, tokenizer)
+        size, grid = (1536, 2) if hd else (768, 1)
+        hr = ref.preprocess(image, size)[None]
+        feats = ref.encode_images(m, clip_model, trunk, ref.lowres(hr, grid, hd), hr, grid, hd)[0]
+        model = ref.hf_llm(work / name, llm, config, load_file(str(folder / "llm.safetensors")))
+        logits0, tokens, margin = ref.greedy(model, ref.splice(model, ids, [feats]), 32)
+        assert margin > 1e-3, f"{name}: greedy top-1 margin {margin} is too thin to compare"
+        arrays[f"{name}/logits"] = logits0.numpy()
+        info[name] = {"template": template, "hd": hd, "prompt": prompt, "ids": ids, "tokens": tokens, "margin": margin}
+        print(f"{name}: {len(ids)} ids, greedy margin {margin:.3g}")
+    return arrays, info
+
+
 def main():
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="Re-make tests/goldens from the PyTorch reference.")
+    parser.add_argument("--mgm-repo", type=Path, required=True, help="a checkout of dvlab-research/MGM")
+    args = parser.parse_args()
+    conv_module = reference_conversation(args.mgm_repo)
     clip_model, trunk, m = ref.build_tiny()
     check_openclip_structure(trunk)
     ref.randomize(clip_model, trunk, m)
@@ -150,6 +225,14 @@ def main():
     clip_model, trunk, m = ref.load_tiny(TINY)
     gold = goldens(clip_model, trunk, m)
     np.savez_compressed(GOLDENS / "vision.npz", **{k: v.astype(np.float32) for k, v in gold.items()})
+
+    for llm in ("gemma", "llama", "mixtral"):
+        write_llm(GOLDENS / f"llm-{llm}", llm)
+    (GOLDENS / "templates.json").write_text(json.dumps(template_goldens(conv_module), indent=2) + "\n")
+    with tempfile.TemporaryDirectory() as work:
+        arrays, info = chat_goldens(conv_module, clip_model, trunk, m, Path(work))
+    np.savez_compressed(GOLDENS / "chat.npz", **arrays)
+    (GOLDENS / "chat.json").write_text(json.dumps(info, indent=1) + "\n")
     size = sum(f.stat().st_size for f in GOLDENS.rglob("*") if f.is_file() and f.suffix != ".py")
     print(f"wrote {len(gold)} goldens and the tiny checkpoint ({size / 1e6:.1f} MB) to {GOLDENS}")
     assert set(HD_FIELDS) <= set(CONFIG)
