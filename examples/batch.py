@@ -1,0 +1,24 @@
+"""Ask the same question about every image in a folder; one line of output each.
+
+    python examples/batch.py --model mgm-2b-4bit --folder photos/ "Describe it in one sentence."
+"""
+
+import argparse
+from pathlib import Path
+
+import mgm_mlx
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model", required=True)
+parser.add_argument("--folder", default="examples")
+parser.add_argument("question", nargs="?", default="Describe the picture in one sentence.")
+args = parser.parse_args()
+
+model, processor = mgm_mlx.load(args.model)
+suffixes = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+for path in sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in suffixes):
+    try:
+        answer = mgm_mlx.generate(model, processor, args.question, [path], max_tokens=100)
+    except mgm_mlx.ImageError as e:
+        answer = f"(skipped: {e})"
+    print(f"{path.name}: {' '.join(answer.split())}")

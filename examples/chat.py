@@ -1,0 +1,33 @@
+"""A multi-turn chat in the terminal. The image is encoded once; the KV cache carries over.
+
+    python examples/chat.py --model mgm-2b-4bit --image examples/house.png
+"""
+
+import argparse
+
+import mgm_mlx
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model", required=True)
+parser.add_argument("--image", default="examples/house.png")
+args = parser.parse_args()
+
+model, processor = mgm_mlx.load(args.model)
+chat = mgm_mlx.Chat(model, processor)
+images = [args.image]
+print("Ask about the picture; an empty line quits, /new starts over.")
+while True:
+    try:
+        text = input("> ").strip()
+    except EOFError:
+        break
+    if not text:
+        break
+    if text == "/new":
+        chat.reset()
+        images = [args.image]
+        continue
+    for piece in chat.stream(text, images, max_tokens=300):
+        print(piece.text, end="", flush=True)
+    print()
+    images = []  # the picture is already in the conversation
