@@ -1,6 +1,7 @@
 """mgm-mlx: Mini-Gemini vision-language models with MLX."""
 
-from .generate import Chat, generate, stream_generate
+from pathlib import Path
+
 from .image import ImageError, load_image, preprocess
 from .loading import load, load_vision
 from .model import Model
@@ -11,3 +12,20 @@ __all__ = [
     "Chat", "ImageError", "MGMVision", "Model", "generate", "load", "load_image", "load_vision",
     "preprocess", "stream_generate",
 ]
+
+# Installed, convert/ and tui/ live inside this package; in a source checkout they sit
+# beside it, so `python -m mgm_mlx.convert` run there finds them too.
+_checkout = Path(__file__).resolve().parent.parent
+if (_checkout / "convert" / "__init__.py").exists() and not (Path(__file__).parent / "convert").exists():
+    __path__.append(str(_checkout))
+
+
+def __getattr__(name):
+    # Imported on first use, so `python -m mgm_mlx.generate` does not find its own module
+    # already loaded; the function then takes the name over from the submodule (as mlx-lm).
+    if name in ("generate", "stream_generate", "Chat"):
+        from . import generate as module
+
+        globals().update(generate=module.generate, stream_generate=module.stream_generate, Chat=module.Chat)
+        return globals()[name]
+    raise AttributeError(f"module 'mgm_mlx' has no attribute {name!r}")
