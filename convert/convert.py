@@ -46,7 +46,7 @@ def convert(
 ) -> Path:
     target = Path(mlx_path).expanduser()
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
-        raise FileExistsError(f"{target} exists and is not empty; pass --force to replace it")
+        raise FileExistsError(f"{target} exists and is not an empty folder; pass --force to replace it")
     source = resolve(hf_path)
     dtype = dtype or _stored_dtype(load_config(source))
     model, processor = load(

@@ -27,7 +27,11 @@ while True:
         chat.reset()
         images = [args.image]
         continue
-    for piece in chat.stream(text, images, max_tokens=300):
-        print(piece.text, end="", flush=True)
+    try:
+        for piece in chat.stream(text, images, max_tokens=300):
+            print(piece.text, end="", flush=True)
+    except (ValueError, mgm_mlx.ImageError) as e:  # e.g. the conversation outgrew the context
+        print(f"({e}; /new starts over)")
+        continue
     print()
     images = []  # the picture is already in the conversation

@@ -24,7 +24,9 @@ def __getattr__(name):
     # Imported on first use, so `python -m mgm_mlx.generate` does not find its own module
     # already loaded; the function then takes the name over from the submodule (as mlx-lm).
     if name in ("generate", "stream_generate", "Chat"):
-        from . import generate as module
+        import importlib
+
+        module = importlib.import_module(".generate", __name__)  # not `from . import`: that asks us again
 
         globals().update(generate=module.generate, stream_generate=module.stream_generate, Chat=module.Chat)
         return globals()[name]

@@ -16,7 +16,7 @@ from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_p
 from mlx_lm.sample_utils import make_sampler
 
 from .image import ImageError, load_image
-from .prompt import IMAGE, STOP_TOKENS, TEMPLATES, format_prompt, label_images, system_text, tokenize
+from .prompt import IMAGE, IMAGE_TOKEN_INDEX, STOP_TOKENS, TEMPLATES, format_prompt, label_images, system_text, tokenize
 
 
 @dataclass
@@ -68,6 +68,8 @@ class Chat:
         """Send a user turn; yields Response pieces of the reply."""
         if seed is not None:
             mx.random.seed(seed)
+        if isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
+            images = [images]  # one image given on its own
         vision_ms = {}
         new_images = [self._encode(image, vision_ms) for image in images]
         user = IMAGE + "\n"
@@ -76,6 +78,9 @@ class Chat:
         prompt = label_images(format_prompt(self.template, messages, self.system))
         ids = tokenize(self.processor.tokenizer._tokenizer, prompt)
         images_all = self.images + new_images
+        if ids.count(IMAGE_TOKEN_INDEX) != len(images_all):
+            raise ValueError(f"the text has {ids.count(IMAGE_TOKEN_INDEX) - len(images_all)} '{IMAGE}' too many; "
+                             "attach images instead of writing the tag")
         expanded = _expand(ids, [im.shape[0] for im in images_all])
         if len(expanded) > self.model.max_length:
             raise ValueError(
@@ -84,30 +89,35 @@ class Chat:
             )
         embeddings = self.model.embed(ids, images_all)[0]
 
-        if self.cache is None or (self.cached and not can_trim_prompt_cache(self.cache)):
+        if self.cache is None or (self.cache[0].offset and not can_trim_prompt_cache(self.cache)):
             self.cache, self.cached = make_prompt_cache(self.model.language_model, max_kv_size), []
         common = min(_common_prefix(self.cached, expanded), len(expanded) - 1)
-        if len(self.cached) > common:
-            trim_prompt_cache(self.cache, len(self.cached) - common)
+        if self.cache[0].offset > common:
+            trim_prompt_cache(self.cache, self.cache[0].offset - common)
+        self.cached = self.cached[:common]
 
         sampler = make_sampler(temp, top_p if 0 < top_p < 1 else 0.0)
-        reply, tokens, response = [], [], None
-        for r in lm_stream_generate(
-            self.model.language_model, self.processor.tokenizer,
-            mx.array([max(i, 0) for i in expanded[common:]]), max_tokens=max_tokens,
-            input_embeddings=embeddings[common:], prompt_cache=self.cache, sampler=sampler,
-        ):
-            reply.append(r.text)
-            tokens.append(r.token)
-            response = Response(
-                r.text, r.token, r.prompt_tokens, r.prompt_tps, r.generation_tokens, r.generation_tps,
-                r.peak_memory, r.finish_reason, sum(im.shape[0] for im in new_images), vision_ms,
-            )
-            yield response
-        # What the cache holds now: the prompt and the tokens fed back so far.
-        self.cached = (expanded + tokens)[: self.cache[0].offset]
-        self.images = images_all
-        self.messages = messages[:-1] + ["".join(reply).strip()]
+        tokens = []
+        try:
+            for r in lm_stream_generate(
+                self.model.language_model, self.processor.tokenizer,
+                mx.array([max(i, 0) for i in expanded[common:]]), max_tokens=max_tokens,
+                input_embeddings=embeddings[common:], prompt_cache=self.cache, sampler=sampler,
+            ):
+                tokens.append(r.token)
+                yield Response(
+                    r.text, r.token, r.prompt_tokens, r.prompt_tps, r.generation_tokens, r.generation_tps,
+                    r.peak_memory, r.finish_reason, sum(im.shape[0] for im in new_images), vision_ms,
+                )
+        finally:
+            # Also when the caller stops early: the turn counts with what was said so far,
+            # and `cached` says exactly what the cache holds (the prompt and the tokens fed back).
+            self.cached = (expanded + tokens)[: self.cache[0].offset]
+            self.images = images_all
+            stops = self.processor.tokenizer.eos_token_ids
+            answer = [t for t in tokens if t not in stops]
+            # the reference keeps decode(skip_special_tokens=True).strip() as the history
+            self.messages = messages[:-1] + [self.processor.tokenizer.decode(answer, skip_special_tokens=True).strip()]
 
     def send(self, text: str, images=(), **kwargs) -> str:
         """Send a user turn and return the whole reply."""
@@ -189,7 +199,7 @@ def main(argv=None):
     try:
         if args.template is not None and args.template not in TEMPLATES:
             raise ValueError(f"unknown template {args.template!r}; choose from {', '.join(TEMPLATES)}")
-        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+        prompt = sys.stdin.read().rstrip("\n") if args.prompt == "-" else args.prompt  # as input() would
         if not prompt.strip():
             raise ValueError("the prompt is empty")
         images = [load_image(path) for path in args.image]  # bad images fail before the model loads

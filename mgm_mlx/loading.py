@@ -178,6 +178,8 @@ def load(
     model.load(weights, dtype=dtype, vision_dtype=vision_dtype)
     if quantize_bits and "quantization" not in config:
         model.quantize(group_size, quantize_bits)
+    elif quantize_bits and config["quantization"]["bits"] != quantize_bits:
+        raise ValueError(f"{path} is already quantized to {config['quantization']['bits']} bits")
     if not lazy:
         mx.eval(model.parameters())
     return model, Processor.from_folder(path, config, model.vision.args.image_size_aux, template)

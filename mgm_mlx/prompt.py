@@ -1,6 +1,8 @@
 """Prompts: the conversation templates of mgm/conversation.py, byte for byte, how one is
 chosen, and the reference's chunk-wise tokenization around <image>."""
 
+from pathlib import Path
+
 IMAGE = "<image>"
 IMAGE_TOKEN_INDEX = -200  # mgm/constants.py
 
@@ -142,6 +144,8 @@ class Processor:
             raise ValueError(f"unknown template {template!r}; choose from {', '.join(TEMPLATES)}")
         from transformers.utils import logging as hf_logging
 
+        if not any((Path(path) / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+            raise FileNotFoundError(f"{path} has no tokenizer files (tokenizer.json or tokenizer.model)")
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # AutoTokenizer warns that it does not know mgm_* types
         try:

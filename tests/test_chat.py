@@ -115,6 +115,28 @@ def test_chat_reuses_the_cache_and_encodes_images_once(gemma, monkeypatch):
     assert [r.token for r in second] == _from_scratch(model, processor, messages, [image], 12)
 
 
+def test_stopping_a_reply_early_keeps_the_chat_right(gemma):
+    model, processor = gemma
+    image = mode_variants()["rgb"]
+    chat = Chat(model, processor)
+    for n, piece in enumerate(chat.stream(QUESTION, [image], max_tokens=20)):
+        if n == 2:
+            break  # a stop button
+    assert len(chat.cached) == chat.cache[0].offset
+    partial = chat.messages[-1]
+    second = [r.token for r in chat.stream("And the sky?", max_tokens=10)]
+    messages = [IMAGE + "\n" + QUESTION, partial, "And the sky?", None]
+    assert second == _from_scratch(model, processor, messages, [image], 10)
+
+
+def test_literal_image_tag_and_single_image(gemma):
+    model, processor = gemma
+    with pytest.raises(ValueError, match="too many"):
+        generate(model, processor, "what is <image> here", max_tokens=2)
+    # one image may be passed on its own, not in a list
+    assert isinstance(generate(model, processor, QUESTION, mode_variants()["rgb"], max_tokens=2), str)
+
+
 def test_chat_reset_and_images_in_later_turns(gemma):
     model, processor = gemma
     chat = Chat(model, processor)

@@ -262,6 +262,19 @@ def test_interrupted_conversion_leaves_nothing(ckpts, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_folder_without_tokenizer_and_requantizing(ckpts, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ckpts["gemma"][0].iterdir():
+        if not f.name.startswith(("tokenizer", "special")):
+            (bare / f.name).symlink_to(f)
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        mgm_mlx.load(bare)
+    out = convert(ckpts["gemma"][0], tmp_path / "q4", quantize=True)
+    with pytest.raises(ValueError, match="already quantized to 4 bits"):
+        mgm_mlx.load(out, quantize_bits=8)
+
+
 def test_command_line_error_has_no_traceback(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
