@@ -16,7 +16,6 @@ import sys
 import time
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_map
 

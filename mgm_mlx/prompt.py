@@ -73,7 +73,7 @@ def format_prompt(template: str, messages: list, system: str | None = None) -> s
             out += f"<start_of_turn>{role}\n{m}<end_of_turn>\n{(sep, sep2)[i % 2]}" if m else f"<start_of_turn>{role}\n"
     elif template == "mistral_instruct":  # SeparatorStyle.LLAMA_2
         out = ""
-        for i, (role, m) in enumerate(turns):
+        for i, (_, m) in enumerate(turns):
             if not m:
                 continue
             if i == 0 and sys:

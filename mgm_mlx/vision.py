@@ -4,7 +4,6 @@ Non-HD: one 576-token view. HD (image_grid=2, image_global=True): four tiles and
 view, tokens in the order [global, tile00, tile01, tile10, tile11] (5 x 576 = 2880).
 """
 
-import math
 import time
 from dataclasses import dataclass, fields
 
@@ -17,11 +16,13 @@ from .image import lowres_views, resize_bilinear, split_grid
 
 # Checkpoint key prefixes (after "model.") that belong to the image path.
 VISION_PREFIXES = ("vision_tower.", "vision_tower_aux.", "vlm_uni_", "mm_projector.")
-# part -> (a tensor it must have, its released key prefix), to name a missing part clearly.
+# part -> (a tensor it must have, its released key prefix, where else it can come from)
 REQUIRED = {
-    "CLIP": ("vision_tower.vision_model.embeddings.patch_embedding.weight", "model.vision_tower.vision_tower."),
-    "ConvNeXt": ("vision_tower_aux.vision_stem.0.weight", "model.vision_tower_aux."),
-    "patch info mining": ("vlm_uni_query_projector.1.weight", "model.vlm_uni_"),
+    "CLIP": ("vision_tower.vision_model.embeddings.patch_embedding.weight", "model.vision_tower.vision_tower.",
+             "; give its folder with --vision-tower"),
+    "ConvNeXt": ("vision_tower_aux.vision_stem.0.weight", "model.vision_tower_aux.",
+                 "; give its folder with --vision-tower-aux"),
+    "patch info mining": ("vlm_uni_query_projector.1.weight", "model.vlm_uni_", ""),
 }
 
 
@@ -101,10 +102,9 @@ class MGMVision(nn.Module):
 
     @classmethod
     def _from_renamed(cls, config: dict, w: dict):
-        for part, (key, prefix) in REQUIRED.items():
+        for part, (key, prefix, hint) in REQUIRED.items():
             if key not in w:
-                hint = {"CLIP": "; give its folder with --vision-tower", "ConvNeXt": "; give its folder with --vision-tower-aux"}
-                raise ValueError(f"the checkpoint has no {part} weights ({prefix}*){hint.get(part, '')}")
+                raise ValueError(f"the checkpoint has no {part} weights ({prefix}*){hint}")
         args = VisionArgs.from_dict(config)
         overrides = {**config.get("mm_vision_config", {}), "select_layer": args.mm_vision_select_layer}
         clip_config = clip.VisionConfig.from_weights(w, prefix="vision_tower.vision_model.", **overrides)

@@ -119,7 +119,7 @@ def test_stopping_a_reply_early_keeps_the_chat_right(gemma):
     model, processor = gemma
     image = mode_variants()["rgb"]
     chat = Chat(model, processor)
-    for n, piece in enumerate(chat.stream(QUESTION, [image], max_tokens=20)):
+    for n, _ in enumerate(chat.stream(QUESTION, [image], max_tokens=20)):
         if n == 2:
             break  # a stop button
     assert len(chat.cached) == chat.cache[0].offset
