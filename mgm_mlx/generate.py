@@ -6,14 +6,17 @@ The answer streams to stdout; statistics go to stderr.
 """
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.generate import stream_generate as lm_stream_generate
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_sampler
+from PIL import Image as PILImage
 
 from .image import ImageError, load_image
 from .prompt import IMAGE, IMAGE_TOKEN_INDEX, STOP_TOKENS, TEMPLATES, format_prompt, label_images, system_text, tokenize
@@ -68,16 +71,32 @@ class Chat:
         """Send a user turn; yields Response pieces of the reply."""
         if seed is not None:
             mx.random.seed(seed)
-        if isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
+        if isinstance(images, (str, os.PathLike, np.ndarray, PILImage.Image)):
             images = [images]  # one image given on its own
         vision_ms = {}
         new_images = [self._encode(image, vision_ms) for image in images]
-        user = IMAGE + "\n"
-        user = user * len(new_images) + text
-        messages = self.messages + [user, None]
-        prompt = label_images(format_prompt(self.template, messages, self.system))
+        user = (IMAGE + "\n") * len(new_images) + text
+        image_tokens = sum(im.shape[0] for im in new_images)
+        yield from self._reply(self.messages + [user], self.images + new_images, image_tokens, vision_ms,
+                               max_tokens, temp, top_p, max_kv_size)
+
+    def regenerate(self, max_tokens: int = 256, temp: float = 0.0, top_p: float = 1.0,
+                   seed: int | None = None, max_kv_size: int | None = None):
+        """Answer the last user turn again (its images stay encoded)."""
+        if len(self.messages) < 2:
+            raise ValueError("there is no reply to regenerate")
+        if seed is not None:
+            mx.random.seed(seed)
+        yield from self._reply(self.messages[:-1], self.images, 0, {}, max_tokens, temp, top_p, max_kv_size)
+
+    def add_turn(self, text: str, images=(), answer: str = ""):
+        """Put a past turn back (a reopened conversation) without generating."""
+        self.images = self.images + [self._encode(image, {}) for image in images]
+        self.messages = self.messages + [(IMAGE + "\n") * len(images) + text, answer]
+
+    def _reply(self, messages, images_all, image_tokens, vision_ms, max_tokens, temp, top_p, max_kv_size):
+        prompt = label_images(format_prompt(self.template, messages + [None], self.system))
         ids = tokenize(self.processor.tokenizer._tokenizer, prompt)
-        images_all = self.images + new_images
         if ids.count(IMAGE_TOKEN_INDEX) != len(images_all):
             raise ValueError(f"the text has {ids.count(IMAGE_TOKEN_INDEX) - len(images_all)} '{IMAGE}' too many; "
                              "attach images instead of writing the tag")
@@ -107,7 +126,7 @@ class Chat:
                 tokens.append(r.token)
                 yield Response(
                     r.text, r.token, r.prompt_tokens, r.prompt_tps, r.generation_tokens, r.generation_tps,
-                    r.peak_memory, r.finish_reason, sum(im.shape[0] for im in new_images), vision_ms,
+                    r.peak_memory, r.finish_reason, image_tokens, vision_ms,
                 )
         finally:
             # Also when the caller stops early: the turn counts with what was said so far,
@@ -117,11 +136,16 @@ class Chat:
             stops = self.processor.tokenizer.eos_token_ids
             answer = [t for t in tokens if t not in stops]
             # the reference keeps decode(skip_special_tokens=True).strip() as the history
-            self.messages = messages[:-1] + [self.processor.tokenizer.decode(answer, skip_special_tokens=True).strip()]
+            self.messages = messages + [self.processor.tokenizer.decode(answer, skip_special_tokens=True).strip()]
 
     def send(self, text: str, images=(), **kwargs) -> str:
         """Send a user turn and return the whole reply."""
         return "".join(r.text for r in self.stream(text, images, **kwargs))
+
+    @property
+    def context_used(self) -> int:
+        """Tokens the conversation takes now (image tokens included)."""
+        return len(self.cached)
 
     def _encode(self, image, timings: dict) -> mx.array:
         pixels = self.processor.images([image])

@@ -1,1 +1,1 @@
-"""Terminal chat app (to come); installed as `mgm_mlx.tui`."""
+"""The terminal chat app (`python -m mgm_mlx.chat`); installed as `mgm_mlx.tui`."""

@@ -1,0 +1,273 @@
+"""The chat app through Textual's Pilot: a scripted fake engine for behaviour, and one run
+through the real MLX engine on a tiny checkpoint."""
+
+import asyncio
+import json
+import time
+
+import pytest
+from textual.widgets import Markdown, Static
+
+from checkpoints import make_checkpoint
+from common import mode_variants
+
+from mgm_mlx.tui import store
+from mgm_mlx.tui.app import ChatApp, HelpScreen, ImagePicker, Prompt
+from mgm_mlx.tui.engine import Done, Loaded, MLXEngine, Piece, Stats, Worker
+
+REPLY = "Here is a **red house** under a yellow sun.\n\n```python\nprint('house')\n```"
+
+
+class FakeEngine(Worker):
+    """Streams a fixed reply word by word on its own thread; can be told to fail."""
+
+    def __init__(self, post, delay=0.0, load_error=None):
+        super().__init__(post)
+        self.delay, self.error, self.sent, self.turns, self.regenerated = delay, None, [], None, 0
+        self.submit("load", self._load, load_error)
+
+    def _load(self, error):
+        if error:
+            raise RuntimeError(error)
+        self.post(Loaded("fake model"))
+
+    def send(self, text, images):
+        self.sent.append((text, images))
+        self.submit("reply", self._stream)
+
+    def regenerate(self):
+        self.regenerated += 1
+        self.submit("regenerate", self._stream)
+
+    def new_chat(self, turns=()):
+        self.turns = list(turns)
+
+    def _stream(self):
+        if self.error:
+            error, self.error = self.error, None
+            raise ValueError(error)
+        self.stop.clear()
+        stopped = False
+        for word in REPLY.split(" "):
+            if self.stop.is_set():
+                stopped = True
+                break
+            self.post(Piece(word + " "))
+            time.sleep(self.delay)
+        self.post(Done(Stats(576, {"clip": 5, "convnext": 6, "mining": 7}, 100.0, 20.0, 12, 0.5, 700, 2048), stopped))
+
+
+class App(ChatApp):
+    def __init__(self, engine, **kw):
+        super().__init__(lambda post: engine(post), "fake", **kw)
+        self.notes = []
+
+    def notify(self, message, **kwargs):
+        self.notes.append(str(message))
+        super().notify(message, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MGM_MLX_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    mode_variants()["rgb"].save(tmp_path / "house.png")
+    (tmp_path / "notes.txt").write_text("not a picture")
+    return tmp_path
+
+
+def run(test, engine=FakeEngine, size=(100, 40), **kw):
+    async def main():
+        app = App(engine, **kw)
+        async with app.run_test(size=size) as pilot:
+            await until(pilot, lambda: "ready" in status(app) or app.notes)
+            await test(app, pilot)
+
+    asyncio.run(main())
+
+
+async def until(pilot, condition, timeout=30.0):
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        await pilot.pause(0.05)
+
+
+def status(app):
+    return str(app.query_one("#status", Static).render())
+
+
+async def say(pilot, text):
+    pilot.app.query_one(Prompt).insert(text)
+    await pilot.press("enter")
+
+
+async def reply_done(app, pilot):
+    await until(pilot, lambda: not app.busy and "gen " in status(app))
+
+
+def test_send_and_stream(home):
+    async def test(app, pilot):
+        await say(pilot, "What is this?")
+        await reply_done(app, pilot)
+        assert [str(w.render()) for w in app.query(".user")] == ["What is this?"]
+        replies = list(app.query(".assistant"))
+        assert len(replies) == 1 and "red house" in app.reply_text
+        assert "576 image tok" in status(app) and "ctx 700/2048" in status(app)
+        saved = json.loads(next((home / "home" / "chats").glob("*.json")).read_text())
+        assert saved["turns"][0]["assistant"].startswith("Here is a **red house**")
+
+    run(test)
+
+
+def test_escape_stops_mid_reply_and_keeps_it():
+    async def test(app, pilot):
+        await say(pilot, "Go on")
+        await until(pilot, lambda: len(app.reply_text) > 0)
+        await pilot.press("escape")
+        await until(pilot, lambda: not app.busy)
+        assert "stopped" in status(app)
+        assert 0 < len(app.reply_text.strip()) < len(REPLY)
+        assert app.chat["turns"][-1]["assistant"] == app.reply_text.strip()
+
+    run(test, engine=lambda post: FakeEngine(post, delay=0.15))
+
+
+def test_typing_stays_responsive_while_streaming():
+    async def test(app, pilot):
+        await say(pilot, "Long answer please")
+        await until(pilot, lambda: app.busy and app.reply_text)
+        await pilot.press("a", "b", "c")
+        assert app.busy and app.query_one(Prompt).text == "abc"
+        await pilot.press("escape")
+        await until(pilot, lambda: not app.busy)
+
+    run(test, engine=lambda post: FakeEngine(post, delay=0.2))
+
+
+def test_attach_by_command_and_bad_images(home):
+    async def test(app, pilot):
+        await say(pilot, f"/image {home / 'house.png'}")
+        assert "house.png" in str(app.query_one("#attachments", Static).render())
+        await say(pilot, "/image missing.png")
+        await say(pilot, f"/image {home / 'notes.txt'}")
+        assert any("not found" in n for n in app.notes) and any("not an image" in n for n in app.notes)
+        await say(pilot, "Describe it")
+        await reply_done(app, pilot)
+        assert app.engine.sent == [("Describe it", [str(home / "house.png")])]
+        assert "[image: house.png]" in str(app.query(".user").first().render())
+
+    run(test)
+
+
+def test_attach_with_the_picker(home):
+    async def test(app, pilot):
+        await pilot.press("ctrl+o")
+        await until(pilot, lambda: isinstance(app.screen, ImagePicker))
+        tree = app.screen.query_one("ImageTree")
+        await until(pilot, lambda: len(tree.root.children) > 0)
+        names = [str(c.label) for c in tree.root.children]
+        assert "house.png" in names and "notes.txt" not in names  # only images are offered
+        tree.select_node(tree.root.children[names.index("house.png")])
+        await until(pilot, lambda: not isinstance(app.screen, ImagePicker))
+        assert app.pending == [home / "house.png"]
+
+    run(test, image_root=None)
+
+
+def test_new_chat_regenerate_copy_export(home):
+    async def test(app, pilot):
+        await say(pilot, "First")
+        await reply_done(app, pilot)
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: app.engine.regenerated == 1 and not app.busy)
+        await reply_done(app, pilot)
+        assert len(app.query(".assistant")) == 1  # the reply was replaced, not added
+        await pilot.press("ctrl+t")
+        assert "copied the last reply" in app.notes
+        await say(pilot, "/export chat.md")
+        text = (home / "chat.md").read_text()
+        assert "**You:**" in text and "First" in text and "red house" in text
+        await pilot.press("ctrl+n")
+        await until(pilot, lambda: len(app.query(".user")) == 0)
+        assert app.chat["turns"] == [] and app.engine.turns == []
+
+    run(test)
+
+
+def test_reopen_a_saved_chat(home):
+    async def test(app, pilot):
+        await say(pilot, "Remember me")
+        await reply_done(app, pilot)
+        old = app.chat["id"]
+        await pilot.press("ctrl+n")
+        await say(pilot, "/open")
+        await until(pilot, lambda: app.screen.query("#chat-list"))
+        app.screen.query_one("#chat-list").action_select()  # first (newest) entry
+        await until(pilot, lambda: app.chat["id"] == old and len(app.query(".user")) == 1)
+        assert app.engine.turns[0][0] == "Remember me"
+
+    run(test)
+
+
+def test_history_help_and_unknown_command():
+    async def test(app, pilot):
+        await say(pilot, "one")
+        await reply_done(app, pilot)
+        await pilot.press("up")
+        assert app.query_one(Prompt).text == "one"
+        await pilot.press("f1")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
+        await say(pilot, "/dance")
+        await say(pilot, "/gen")
+        assert any("unknown command /dance" in n for n in app.notes)
+        assert any("not installed" in n for n in app.notes)
+
+    run(test)
+
+
+def test_errors_are_notifications_and_the_app_goes_on():
+    async def test(app, pilot):
+        app.engine.error = "the prompt is 2100 tokens (576 for images); the model takes at most 2048"
+        await say(pilot, "too much")
+        await until(pilot, lambda: any("at most 2048" in n for n in app.notes) and not app.busy)
+        assert app.chat["turns"] == [] and len(app.query(".assistant")) == 0
+        await say(pilot, "again")
+        await reply_done(app, pilot)
+        assert len(app.chat["turns"]) == 1
+
+    run(test)
+
+
+def test_model_that_fails_to_load():
+    async def test(app, pilot):
+        await until(pilot, lambda: any("load failed" in n for n in app.notes))
+        assert "no model loaded" in status(app)
+
+    run(test, engine=lambda post: FakeEngine(post, load_error="model folder not found: nowhere"))
+
+
+def test_store_is_atomic(home, monkeypatch):
+    chat = store.new_chat("m")
+    store.save(chat)
+    monkeypatch.setattr(json, "dump", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        store.save({**chat, "turns": [{"user": "x", "images": [], "assistant": "y"}]})
+    files = list((home / "home" / "chats").iterdir())
+    assert [f.name for f in files] == [f"{chat['id']}.json"] and json.loads(files[0].read_text())["turns"] == []
+
+
+def test_real_engine_with_a_tiny_checkpoint(home):
+    folder, _ = make_checkpoint(home / "tiny", "gemma")
+
+    async def test(app, pilot):
+        assert "ready" in status(app), app.notes
+        await say(pilot, f"/image {home / 'house.png'}")
+        await say(pilot, "What is in the picture?")
+        await until(pilot, lambda: not app.busy and "gen " in status(app), timeout=120)
+        assert "576 image tok" in status(app)
+        assert app.query(".assistant") and app.chat["turns"][0]["images"] == [str(home / "house.png")]
+
+    run(test, engine=lambda post: MLXEngine(post, str(folder), max_tokens=8))

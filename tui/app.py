@@ -1,0 +1,369 @@
+"""The terminal chat app: multi-turn image chat with MGM, streamed as Markdown."""
+
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import DirectoryTree, Footer, Markdown, OptionList, Static, TextArea
+
+from ..image import ImageError, load_image
+from . import store
+from .engine import Done, Failed, Loaded, Piece, Progress
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+HELP = """\
+# Keys
+
+| key | what |
+|---|---|
+| Enter | send |
+| Ctrl+J | new line in the prompt |
+| Up / Down | earlier prompts (on the first / last line) |
+| Esc | stop the reply (the part so far stays) |
+| Ctrl+O | attach an image with a file picker |
+| Ctrl+N | new chat |
+| Ctrl+R | regenerate the last reply |
+| Ctrl+T | copy the last reply |
+| Ctrl+S | export the chat to Markdown (a file in this folder) |
+| Ctrl+L | reopen a saved chat |
+| F1 | this help |
+| Ctrl+Q | quit |
+
+# Commands
+
+`/image PATH [PATH ...]` attach images to the next message · `/new` · `/export [FILE]` ·
+`/open` · `/help` · `/gen` (image generation, when installed)
+
+Press Esc to close.
+"""
+
+
+def preview(image, width: int = 16) -> Text:
+    """A few lines of coloured half blocks: a thumbnail in any truecolor terminal."""
+    h = max(2, round(width * image.height / image.width / 2) * 2)
+    small = image.resize((width, min(h, 12)))
+    px = small.load()
+    text = Text()
+    for y in range(0, small.height - 1, 2):
+        for x in range(small.width):
+            top, bottom = px[x, y], px[x, y + 1]
+            text.append("▀", style=f"rgb({top[0]},{top[1]},{top[2]}) on rgb({bottom[0]},{bottom[1]},{bottom[2]})")
+        text.append("\n")
+    return text
+
+
+class Prompt(TextArea):
+    """Multi-line prompt: Enter sends, Ctrl+J adds a line, Up/Down walk the history."""
+
+    class Submitted(Message):
+        def __init__(self, text: str):
+            super().__init__()
+            self.text = text
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.sent, self.index = [], 0
+
+    async def _on_key(self, event) -> None:
+        row = self.cursor_location[0]
+        if event.key == "enter":
+            event.prevent_default()
+            event.stop()
+            text = self.text.strip()
+            if text:
+                self.sent.append(text)
+                self.index = len(self.sent)
+                self.clear()
+                self.post_message(self.Submitted(text))
+        elif event.key == "ctrl+j":
+            event.prevent_default()
+            event.stop()
+            self.insert("\n")
+        elif event.key == "up" and row == 0 and self.sent:
+            event.prevent_default()
+            event.stop()
+            self.index = max(0, self.index - 1)
+            self.text = self.sent[self.index]
+        elif event.key == "down" and row == self.document.line_count - 1 and self.index < len(self.sent):
+            event.prevent_default()
+            event.stop()
+            self.index += 1
+            self.text = self.sent[self.index] if self.index < len(self.sent) else ""
+
+
+class ImageTree(DirectoryTree):
+    def filter_paths(self, paths):
+        return [p for p in paths if p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+class ImagePicker(ModalScreen):
+    """Pick an image file; Esc cancels."""
+
+    BINDINGS = [Binding("escape", "dismiss", "cancel")]
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="picker"):
+            yield Static("Attach an image (Enter picks, Esc cancels)")
+            yield ImageTree(self.root)
+
+    @on(DirectoryTree.FileSelected)
+    def picked(self, event: DirectoryTree.FileSelected) -> None:
+        self.dismiss(event.path)
+
+
+class ChatList(ModalScreen):
+    BINDINGS = [Binding("escape", "dismiss", "cancel")]
+
+    def compose(self) -> ComposeResult:
+        chats = store.listing()
+        with Vertical(id="chats"):
+            yield Static("Reopen a chat (Enter opens, Esc cancels)" if chats else "No saved chats yet (Esc)")
+            yield OptionList(*[f"{cid}  {title}  ({n} turns)" for cid, title, n in chats], id="chat-list")
+        self.ids = [cid for cid, _, _ in chats]
+
+    @on(OptionList.OptionSelected)
+    def picked(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.ids[event.option_index])
+
+
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape", "dismiss", "close"), Binding("f1", "dismiss", "close")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help"):
+            yield Markdown(HELP)
+
+
+class ChatApp(App):
+    TITLE = "mgm-mlx"
+    CSS = """
+    #transcript { height: 1fr; padding: 0 1; }
+    .user { margin: 1 0 0 0; padding: 0 1; background: $boost; }
+    .assistant { margin: 0 0 0 2; }
+    #attachments { height: auto; color: $text-muted; padding: 0 1; }
+    #prompt { height: 5; }
+    #status { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
+    #picker, #chats, #help { width: 80%; height: 80%; border: round $accent; background: $surface; }
+    ImagePicker, ChatList, HelpScreen { align: center middle; }
+    """
+    BINDINGS = [
+        Binding("escape", "stop", "stop"),
+        Binding("ctrl+o", "pick_image", "image"),
+        Binding("ctrl+n", "new_chat", "new"),
+        Binding("ctrl+r", "regenerate", "regenerate"),
+        Binding("ctrl+t", "copy_reply", "copy"),
+        Binding("ctrl+s", "export", "export"),
+        Binding("ctrl+l", "open_chat", "open"),
+        Binding("f1", "help", "help"),
+        Binding("ctrl+q", "quit", "quit"),
+    ]
+
+    def __init__(self, engine_factory, model_name: str, image_root: Path | None = None):
+        super().__init__()
+        self.engine_factory, self.model_name = engine_factory, model_name
+        self.image_root = image_root or Path.cwd()
+        self.chat = store.new_chat(model_name)
+        self.pending: list[Path] = []
+        self.busy = False
+        self.reply_widget: Markdown | None = None
+        self.stream = None
+        self.reply_text = ""
+
+    def compose(self) -> ComposeResult:
+        yield VerticalScroll(id="transcript")
+        yield Static("", id="attachments")
+        yield Prompt(id="prompt")
+        yield Static("starting ...", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#transcript").anchor()
+        self.query_one(Prompt).focus()
+        self.engine = self.engine_factory(self.post_message)
+
+    # ---- engine events
+
+    def on_progress(self, event: Progress) -> None:
+        self.set_status(event.text)
+
+    def on_loaded(self, event: Loaded) -> None:
+        self.set_status(f"ready: {event.info}")
+
+    async def on_piece(self, event: Piece) -> None:
+        self.reply_text += event.text
+        if self.stream is not None:
+            await self.stream.write(event.text)
+
+    async def on_done(self, event: Done) -> None:
+        await self.finish_reply()
+        s = event.stats
+        vision = "+".join(f"{s.vision_ms.get(k, 0):.0f}" for k in ("clip", "convnext", "mining"))
+        self.set_status(
+            (f"{s.image_tokens} image tok, vision {vision} ms | " if s.image_tokens else "")
+            + f"prefill {s.prompt_tps:.0f} t/s | gen {s.generation_tps:.1f} t/s | "
+            f"{s.peak_memory:.2f} GB | ctx {s.context_used}/{s.context_max}"
+            + (" | stopped" if event.stopped else "")
+        )
+        self.chat["turns"][-1]["assistant"] = self.reply_text.strip()
+        store.save(self.chat)
+
+    async def on_failed(self, event: Failed) -> None:
+        self.notify(f"{event.what} failed: {event.error}", severity="error", timeout=8)
+        if event.what == "load":
+            self.set_status("no model loaded (see the error); quit with Ctrl+Q")
+        if event.what in ("reply", "regenerate") and self.busy:
+            await self.finish_reply()
+            if not self.reply_text.strip() and self.reply_widget is not None:
+                await self.reply_widget.remove()
+            if event.what == "reply":  # the turn did not happen
+                self.chat["turns"].pop()
+
+    # ---- sending
+
+    @on(Prompt.Submitted)
+    async def submitted(self, event: Prompt.Submitted) -> None:
+        text = event.text
+        if text.startswith("/"):
+            await self.command(text)
+            return
+        if self.busy:
+            self.notify("wait for the reply, or press Esc to stop it", severity="warning")
+            return
+        images, self.pending = self.pending, []
+        self.query_one("#attachments", Static).update("")
+        await self.add_user(text, images)
+        self.chat["turns"].append({"user": text, "images": [str(p) for p in images], "assistant": ""})
+        await self.start_reply()
+        self.engine.send(text, [str(p) for p in images])
+
+    async def add_user(self, text: str, images) -> None:
+        body = Text()
+        for path in images:
+            body.append(f"[image: {Path(path).name}]\n", style="bold")
+            try:
+                body.append_text(preview(load_image(path)))
+            except ImageError:
+                pass
+        body.append(text)
+        await self.query_one("#transcript").mount(Static(body, classes="user"))
+
+    async def start_reply(self) -> None:
+        self.busy, self.reply_text = True, ""
+        self.reply_widget = Markdown("", classes="assistant")
+        await self.query_one("#transcript").mount(self.reply_widget)
+        self.stream = Markdown.get_stream(self.reply_widget)
+        self.set_status("thinking ...")
+
+    async def finish_reply(self) -> None:
+        if self.stream is not None:
+            await self.stream.stop()
+        self.stream, self.busy = None, False
+
+    async def command(self, text: str) -> None:
+        name, _, rest = text.partition(" ")
+        if name == "/image":
+            for arg in rest.split():
+                self.attach(Path(arg).expanduser())
+        elif name == "/new":
+            await self.action_new_chat()
+        elif name == "/export":
+            self.action_export(rest.strip() or None)
+        elif name == "/open":
+            self.action_open_chat()
+        elif name == "/help":
+            self.action_help()
+        elif name == "/gen":
+            self.notify("image generation is not installed in this version", severity="warning")
+        else:
+            self.notify(f"unknown command {name}; F1 lists them", severity="warning")
+
+    def attach(self, path: Path) -> None:
+        try:
+            load_image(path)
+        except ImageError as e:
+            self.notify(str(e), severity="error")
+            return
+        self.pending.append(path)
+        names = ", ".join(p.name for p in self.pending)
+        self.query_one("#attachments", Static).update(f"attached: {names}")
+
+    def set_status(self, text: str) -> None:
+        self.query_one("#status", Static).update(text)
+
+    # ---- actions
+
+    def action_stop(self) -> None:
+        if self.busy:
+            self.engine.stop.set()
+
+    def action_pick_image(self) -> None:
+        self.push_screen(ImagePicker(self.image_root), lambda path: path and self.attach(Path(path)))
+
+    async def action_new_chat(self) -> None:
+        if self.busy:
+            self.notify("stop the reply first (Esc)", severity="warning")
+            return
+        await self.query_one("#transcript").remove_children()
+        self.chat, self.pending = store.new_chat(self.model_name), []
+        self.query_one("#attachments", Static).update("")
+        self.engine.new_chat()
+        self.set_status("new chat")
+
+    async def action_regenerate(self) -> None:
+        if self.busy or not self.chat["turns"]:
+            return
+        last = self.query(".assistant")
+        if last:
+            await last.last().remove()
+        await self.start_reply()
+        self.engine.regenerate()
+
+    def action_copy_reply(self) -> None:
+        replies = [t["assistant"] for t in self.chat["turns"] if t["assistant"]]
+        if not replies:
+            self.notify("no reply to copy yet", severity="warning")
+            return
+        self.copy_to_clipboard(replies[-1])
+        self.notify("copied the last reply")
+
+    def action_export(self, path: str | None = None) -> None:
+        target = Path(path or f"mgm-chat-{time.strftime('%Y%m%d-%H%M%S')}.md").expanduser()
+        try:
+            target.write_text(store.markdown(self.chat))
+        except OSError as e:
+            self.notify(f"cannot export: {e}", severity="error")
+            return
+        self.notify(f"exported to {target}")
+
+    def action_open_chat(self) -> None:
+        def opened(chat_id):
+            if chat_id:
+                self.call_later(self.reopen, chat_id)
+
+        self.push_screen(ChatList(), opened)
+
+    async def reopen(self, chat_id: str) -> None:
+        if self.busy:
+            self.notify("stop the reply first (Esc)", severity="warning")
+            return
+        self.chat = store.load(chat_id)
+        transcript = self.query_one("#transcript")
+        await transcript.remove_children()
+        for turn in self.chat["turns"]:
+            await self.add_user(turn["user"], turn["images"])
+            await transcript.mount(Markdown(turn["assistant"], classes="assistant"))
+        self.engine.new_chat([(t["user"], t["images"], t["assistant"]) for t in self.chat["turns"]])
+        self.set_status(f"reopened {chat_id}")
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())

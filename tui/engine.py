@@ -1,0 +1,136 @@
+"""The chat app's engine: every MLX call on one long-lived thread.
+
+MLX streams are thread-local (MLX >= 0.31.2), so the model is loaded and every turn is
+generated on the same worker thread; a new thread per turn breaks on the Mac GPU. The
+engine reports back by posting Textual messages, which is safe from any thread.
+"""
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from textual.message import Message
+
+
+class Loaded(Message):
+    def __init__(self, info: str):
+        super().__init__()
+        self.info = info
+
+
+class Progress(Message):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+
+class Piece(Message):
+    """A piece of the reply being streamed."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+
+@dataclass
+class Stats:
+    image_tokens: int = 0
+    vision_ms: dict = field(default_factory=dict)
+    prompt_tps: float = 0.0
+    generation_tps: float = 0.0
+    generation_tokens: int = 0
+    peak_memory: float = 0.0
+    context_used: int = 0
+    context_max: int = 0
+
+
+class Done(Message):
+    def __init__(self, stats: Stats, stopped: bool):
+        super().__init__()
+        self.stats = stats
+        self.stopped = stopped
+
+
+class Failed(Message):
+    def __init__(self, what: str, error: str):
+        super().__init__()
+        self.what = what
+        self.error = error
+
+
+class Worker:
+    """One daemon thread that runs submitted jobs in order."""
+
+    def __init__(self, post):
+        self.post = post  # thread-safe: App.post_message
+        self.stop = threading.Event()
+        self._jobs = queue.Queue()
+        threading.Thread(target=self._run, name="mlx-engine", daemon=True).start()
+
+    def submit(self, what: str, job, *args):
+        self._jobs.put((what, job, args))
+
+    def _run(self):
+        while True:
+            what, job, args = self._jobs.get()
+            try:
+                job(*args)
+            except Exception as e:  # the app shows it and keeps running
+                self.post(Failed(what, " ".join(str(e).split()) or type(e).__name__))
+
+
+class MLXEngine(Worker):
+    """mgm-mlx's Chat behind the worker thread."""
+
+    def __init__(self, post, model_path: str, max_tokens: int = 512, temp: float = 0.0):
+        super().__init__(post)
+        self.model_path, self.max_tokens, self.temp = model_path, max_tokens, temp
+        self.chat = None
+        self.submit("load", self._load)
+
+    @property
+    def ready(self) -> bool:
+        return self.chat is not None
+
+    def _load(self):
+        from mgm_mlx import Chat, load
+
+        self.post(Progress(f"loading {self.model_path} ..."))
+        tic = time.perf_counter()
+        model, processor = load(self.model_path)
+        self.chat = Chat(model, processor)
+        self.post(Loaded(f"{self.model_path} ({processor.template}, {time.perf_counter() - tic:.1f} s)"))
+
+    def send(self, text: str, images: list):
+        self.submit("reply", self._stream, lambda c: c.stream(text, images, max_tokens=self.max_tokens, temp=self.temp))
+
+    def regenerate(self):
+        self.submit("regenerate", self._stream, lambda c: c.regenerate(max_tokens=self.max_tokens, temp=self.temp))
+
+    def new_chat(self, turns=()):
+        """Start over; `turns` (user, image paths, answer) put a saved conversation back."""
+        self.submit("open", self._reset, list(turns))
+
+    def _reset(self, turns):
+        if self.chat is None:
+            raise RuntimeError("no model is loaded")
+        self.chat.reset()
+        for user, images, answer in turns:
+            self.chat.add_turn(user, images, answer)
+
+    def _stream(self, start):
+        if self.chat is None:
+            raise RuntimeError("no model is loaded")
+        self.stop.clear()
+        r, stopped = None, False
+        for r in start(self.chat):
+            if self.stop.is_set():
+                stopped = True
+                break
+            self.post(Piece(r.text))
+        stats = Stats(context_used=self.chat.context_used, context_max=self.chat.model.max_length)
+        if r is not None:
+            stats = Stats(r.image_tokens, r.vision_ms, r.prompt_tps, r.generation_tps, r.generation_tokens,
+                          r.peak_memory, self.chat.context_used, self.chat.model.max_length)
+        self.post(Done(stats, stopped))
