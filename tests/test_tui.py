@@ -237,6 +237,10 @@ def test_errors_are_notifications_and_the_app_goes_on():
         await say(pilot, "again")
         await reply_done(app, pilot)
         assert len(app.chat["turns"]) == 1
+        app.engine.error = "out of memory"  # a failed regenerate keeps the old reply
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: any("regenerate failed" in n for n in app.notes) and not app.busy)
+        assert len(app.query(".assistant")) == 1 and app.chat["turns"][0]["assistant"].startswith("Here is")
 
     run(test)
 

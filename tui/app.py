@@ -227,6 +227,8 @@ class ChatApp(App):
                 await self.reply_widget.remove()
             if event.what == "reply":  # the turn did not happen
                 self.chat["turns"].pop()
+            elif not self.reply_text.strip():  # regenerate failed: show the old reply again
+                await self.query_one("#transcript").mount(Markdown(self.chat["turns"][-1]["assistant"], classes="assistant"))
 
     # ---- sending
 
