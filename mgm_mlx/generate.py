@@ -107,6 +107,7 @@ class Chat:
                 f"the model takes at most {self.model.max_length}"
             )
         embeddings = self.model.embed(ids, images_all)[0]
+        max_tokens = min(max_tokens, self.model.max_length - len(expanded))  # the answer fits too
 
         if self.cache is None or (self.cache[0].offset and not can_trim_prompt_cache(self.cache)):
             self.cache, self.cached = make_prompt_cache(self.model.language_model, max_kv_size), []

@@ -154,6 +154,19 @@ def test_prompt_over_the_limit_is_refused(gemma):
         generate(model, processor, "house " * 2000, [mode_variants()["rgb"]], max_tokens=2)
 
 
+def test_the_answer_stops_at_the_context_limit(gemma, monkeypatch):
+    model, processor = gemma
+    chat = Chat(model, processor)
+    prompt_tokens = len(tokenize(processor.tokenizer._tokenizer, format_prompt("gemma", ["Hello there", None])))
+    monkeypatch.setitem(model.config, "tokenizer_model_max_length", prompt_tokens + 3)
+    processor.tokenizer.eos_token_ids = set()  # no early stop: only the limit ends it
+    try:
+        replies = list(chat.stream("Hello there", max_tokens=50))
+    finally:
+        Chat(model, processor)  # puts the template's stop tokens back
+    assert len(replies) <= 3 and len(chat.cached) <= prompt_tokens + 3
+
+
 def test_sampling_with_a_seed_repeats(gemma):
     model, processor = gemma
     a = generate(model, processor, QUESTION, max_tokens=8, temp=1.0, top_p=0.9, seed=3)

@@ -21,10 +21,11 @@ REPLY = "Here is a **red house** under a yellow sun.\n\n```python\nprint('house'
 class FakeEngine(Worker):
     """Streams a fixed reply word by word on its own thread; can be told to fail."""
 
-    def __init__(self, post, delay=0.0, load_error=None):
+    def __init__(self, post, delay=0.0, load_error=None, busy_first=0.0):
         super().__init__(post)
         self.delay, self.error, self.sent, self.turns, self.regenerated = delay, None, [], None, 0
         self.submit("load", self._load, load_error)
+        self.busy_first = busy_first  # seconds the next job waits behind other work
 
     def _load(self, error):
         if error:
@@ -32,10 +33,14 @@ class FakeEngine(Worker):
         self.post(Loaded("fake model"))
 
     def send(self, text, images):
+        self.stop.clear()
         self.sent.append((text, images))
+        if self.busy_first:
+            self.submit("other", time.sleep, self.busy_first)
         self.submit("reply", self._stream)
 
     def regenerate(self):
+        self.stop.clear()
         self.regenerated += 1
         self.submit("regenerate", self._stream)
 
@@ -46,7 +51,6 @@ class FakeEngine(Worker):
         if self.error:
             error, self.error = self.error, None
             raise ValueError(error)
-        self.stop.clear()
         stopped = False
         for word in REPLY.split(" "):
             if self.stop.is_set():
@@ -131,6 +135,17 @@ def test_escape_stops_mid_reply_and_keeps_it():
         assert app.chat["turns"][-1]["assistant"] == app.reply_text.strip()
 
     run(test, engine=lambda post: FakeEngine(post, delay=0.15))
+
+
+def test_escape_while_the_reply_waits_in_line():
+    async def test(app, pilot):
+        await say(pilot, "Go on")
+        await pilot.press("escape")  # before the engine even starts the reply
+        await until(pilot, lambda: not app.busy)
+        assert "stopped" in status(app) and app.reply_text == ""
+        assert "(empty reply)" in app.query(".assistant").last().source
+
+    run(test, engine=lambda post: FakeEngine(post, busy_first=0.5))
 
 
 def test_typing_stays_responsive_while_streaming():
@@ -228,12 +243,18 @@ def test_history_help_and_unknown_command():
     run(test)
 
 
-def test_errors_are_notifications_and_the_app_goes_on():
+def test_errors_are_notifications_and_the_app_goes_on(home):
     async def test(app, pilot):
         app.engine.error = "the prompt is 2100 tokens (576 for images); the model takes at most 2048"
+        await say(pilot, f"/image {home / 'house.png'}")
         await say(pilot, "too much")
         await until(pilot, lambda: any("at most 2048" in n for n in app.notes) and not app.busy)
-        assert app.chat["turns"] == [] and len(app.query(".assistant")) == 0
+        assert any("Ctrl+N starts a new chat" in n for n in app.notes)
+        assert app.chat["turns"] == [] and len(app.query(".assistant")) == 0 and len(app.query(".user")) == 0
+        # the text and the image come back, ready to edit and send again
+        assert app.query_one(Prompt).text == "too much" and app.pending == [home / "house.png"]
+        app.query_one(Prompt).clear()
+        app.pending = []
         await say(pilot, "again")
         await reply_done(app, pilot)
         assert len(app.chat["turns"]) == 1
@@ -261,6 +282,33 @@ def test_store_is_atomic(home, monkeypatch):
         store.save({**chat, "turns": [{"user": "x", "images": [], "assistant": "y"}]})
     files = list((home / "home" / "chats").iterdir())
     assert [f.name for f in files] == [f"{chat['id']}.json"] and json.loads(files[0].read_text())["turns"] == []
+
+
+def test_image_paths_with_spaces_and_empty_image_command(home):
+    (home / "my house.png").write_bytes((home / "house.png").read_bytes())
+
+    async def test(app, pilot):
+        await say(pilot, f'/image "{home / "my house.png"}"')
+        await say(pilot, "/image")
+        assert app.pending == [home / "my house.png"] and any("usage: /image" in n for n in app.notes)
+
+    run(test)
+
+
+def test_reopening_with_an_image_that_is_gone(home):
+    folder, _ = make_checkpoint(home / "tiny", "gemma")
+    posted = []
+    engine = MLXEngine(posted.append, str(folder), max_tokens=4)
+    end = time.monotonic() + 60
+    while not any(isinstance(m, Loaded) for m in posted):
+        assert time.monotonic() < end, posted
+        time.sleep(0.05)
+    engine.new_chat([("hi", [str(home / "gone.png")], "hello"), ("and?", [], "more")])
+    while not any(getattr(m, "what", None) == "open" for m in posted):
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    assert "gone.png" in [m for m in posted if getattr(m, "what", None) == "open"][0].error
+    assert engine.chat.messages == ["hi", "hello", "and?", "more"]  # every turn kept, the image left out
 
 
 def test_real_engine_with_a_tiny_checkpoint(home):

@@ -1,5 +1,8 @@
 """The terminal chat app: multi-turn image chat with MGM, streamed as Markdown."""
 
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,8 +40,11 @@ HELP = """\
 
 # Commands
 
-`/image PATH [PATH ...]` attach images to the next message · `/new` · `/export [FILE]` ·
-`/open` · `/help` · `/gen` (image generation, when installed)
+`/image PATH [PATH ...]` attach images to the next message (quote paths with spaces) ·
+`/new` · `/export [FILE]` · `/open` · `/help` · `/gen` (image generation: not available yet)
+
+Copying uses pbcopy on macOS, else the terminal's clipboard (OSC 52; in tmux it needs
+`set -g set-clipboard on`).
 
 Press Esc to close.
 """
@@ -113,7 +119,7 @@ class ImagePicker(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker"):
-            yield Static("Attach an image (Enter picks, Esc cancels)")
+            yield Static("Attach an image (Enter picks, Esc cancels; /image PATH for files elsewhere)")
             yield ImageTree(self.root)
 
     @on(DirectoryTree.FileSelected)
@@ -128,7 +134,7 @@ class ChatList(ModalScreen):
         chats = store.listing()
         with Vertical(id="chats"):
             yield Static("Reopen a chat (Enter opens, Esc cancels)" if chats else "No saved chats yet (Esc)")
-            yield OptionList(*[f"{cid}  {title}  ({n} turns)" for cid, title, n in chats], id="chat-list")
+            yield OptionList(*[f"{cid}  {title}  ({n} turn{'s' * (n != 1)})" for cid, title, n in chats], id="chat-list")
         self.ids = [cid for cid, _, _ in chats]
 
     @on(OptionList.OptionSelected)
@@ -179,6 +185,11 @@ class ChatApp(App):
         self.stream = None
         self.reply_text = ""
 
+    @property
+    def base(self):
+        """The chat screen (queries must not land in a modal on top of it)."""
+        return self.screen_stack[0]
+
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="transcript")
         yield Static("", id="attachments")
@@ -187,8 +198,8 @@ class ChatApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#transcript").anchor()
-        self.query_one(Prompt).focus()
+        self.base.query_one("#transcript").anchor()
+        self.base.query_one(Prompt).focus()
         self.engine = self.engine_factory(self.post_message)
 
     # ---- engine events
@@ -206,29 +217,41 @@ class ChatApp(App):
 
     async def on_done(self, event: Done) -> None:
         await self.finish_reply()
+        if not self.reply_text.strip() and self.reply_widget is not None:
+            await self.reply_widget.update("*(empty reply)*")
         s = event.stats
         vision = "+".join(f"{s.vision_ms.get(k, 0):.0f}" for k in ("clip", "convnext", "mining"))
         self.set_status(
-            (f"{s.image_tokens} image tok, vision {vision} ms | " if s.image_tokens else "")
+            ("stopped | " if event.stopped else "")
+            + (f"{s.image_tokens} image tok, vision {vision} ms | " if s.image_tokens else "")
             + f"prefill {s.prompt_tps:.0f} t/s | gen {s.generation_tps:.1f} t/s | "
             f"{s.peak_memory:.2f} GB | ctx {s.context_used}/{s.context_max}"
-            + (" | stopped" if event.stopped else "")
         )
         self.chat["turns"][-1]["assistant"] = self.reply_text.strip()
         store.save(self.chat)
 
     async def on_failed(self, event: Failed) -> None:
-        self.notify(f"{event.what} failed: {event.error}", severity="error", timeout=8)
+        hint = "; Ctrl+N starts a new chat" if "at most" in event.error else ""
+        self.notify(f"{event.what} failed: {event.error}{hint}", severity="error", timeout=8)
         if event.what == "load":
             self.set_status("no model loaded (see the error); quit with Ctrl+Q")
+        elif event.what == "open":
+            self.set_status(f"reopened {self.chat['id']}, with what could be restored")
         if event.what in ("reply", "regenerate") and self.busy:
             await self.finish_reply()
+            self.set_status(f"{event.what} failed")
             if not self.reply_text.strip() and self.reply_widget is not None:
                 await self.reply_widget.remove()
-            if event.what == "reply":  # the turn did not happen
-                self.chat["turns"].pop()
-            elif not self.reply_text.strip():  # regenerate failed: show the old reply again
-                await self.query_one("#transcript").mount(Markdown(self.chat["turns"][-1]["assistant"], classes="assistant"))
+            if event.what == "reply" and not self.reply_text.strip():
+                # the turn did not happen: take it off the screen, give back its text and images
+                turn = self.chat["turns"].pop()
+                await self.base.query(".user").last().remove()
+                self.pending = [Path(p) for p in turn["images"]] + self.pending
+                self.show_attachments()
+                self.base.query_one(Prompt).text = turn["user"]
+            elif event.what == "regenerate" and not self.reply_text.strip():
+                # show the old reply again
+                await self.base.query_one("#transcript").mount(Markdown(self.chat["turns"][-1]["assistant"], classes="assistant"))
 
     # ---- sending
 
@@ -242,7 +265,7 @@ class ChatApp(App):
             self.notify("wait for the reply, or press Esc to stop it", severity="warning")
             return
         images, self.pending = self.pending, []
-        self.query_one("#attachments", Static).update("")
+        self.show_attachments()
         await self.add_user(text, images)
         self.chat["turns"].append({"user": text, "images": [str(p) for p in images], "assistant": ""})
         await self.start_reply()
@@ -257,12 +280,12 @@ class ChatApp(App):
             except ImageError:
                 pass
         body.append(text)
-        await self.query_one("#transcript").mount(Static(body, classes="user"))
+        await self.base.query_one("#transcript").mount(Static(body, classes="user"))
 
     async def start_reply(self) -> None:
         self.busy, self.reply_text = True, ""
         self.reply_widget = Markdown("", classes="assistant")
-        await self.query_one("#transcript").mount(self.reply_widget)
+        await self.base.query_one("#transcript").mount(self.reply_widget)
         self.stream = Markdown.get_stream(self.reply_widget)
         self.set_status("thinking ...")
 
@@ -274,7 +297,14 @@ class ChatApp(App):
     async def command(self, text: str) -> None:
         name, _, rest = text.partition(" ")
         if name == "/image":
-            for arg in rest.split():
+            try:
+                paths = shlex.split(rest)
+            except ValueError as e:
+                self.notify(f"/image: {e}", severity="error")
+                return
+            if not paths:
+                self.notify("usage: /image PATH [PATH ...]", severity="warning")
+            for arg in paths:
                 self.attach(Path(arg).expanduser())
         elif name == "/new":
             await self.action_new_chat()
@@ -295,12 +325,15 @@ class ChatApp(App):
         except ImageError as e:
             self.notify(str(e), severity="error")
             return
-        self.pending.append(path)
+        self.pending.append(path.resolve())  # saved chats must find it from anywhere
+        self.show_attachments()
+
+    def show_attachments(self) -> None:
         names = ", ".join(p.name for p in self.pending)
-        self.query_one("#attachments", Static).update(f"attached: {names}")
+        self.base.query_one("#attachments", Static).update(f"attached: {names}" if names else "")
 
     def set_status(self, text: str) -> None:
-        self.query_one("#status", Static).update(text)
+        self.base.query_one("#status", Static).update(text)
 
     # ---- actions
 
@@ -315,16 +348,16 @@ class ChatApp(App):
         if self.busy:
             self.notify("stop the reply first (Esc)", severity="warning")
             return
-        await self.query_one("#transcript").remove_children()
+        await self.base.query_one("#transcript").remove_children()
         self.chat, self.pending = store.new_chat(self.model_name), []
-        self.query_one("#attachments", Static).update("")
+        self.show_attachments()
         self.engine.new_chat()
         self.set_status("new chat")
 
     async def action_regenerate(self) -> None:
         if self.busy or not self.chat["turns"]:
             return
-        last = self.query(".assistant")
+        last = self.base.query(".assistant")
         if last:
             await last.last().remove()
         await self.start_reply()
@@ -335,7 +368,10 @@ class ChatApp(App):
         if not replies:
             self.notify("no reply to copy yet", severity="warning")
             return
-        self.copy_to_clipboard(replies[-1])
+        if sys.platform == "darwin":
+            subprocess.run(["pbcopy"], input=replies[-1], text=True, check=False)
+        else:
+            self.copy_to_clipboard(replies[-1])  # OSC 52: the terminal must allow it
         self.notify("copied the last reply")
 
     def action_export(self, path: str | None = None) -> None:
@@ -358,8 +394,9 @@ class ChatApp(App):
         if self.busy:
             self.notify("stop the reply first (Esc)", severity="warning")
             return
-        self.chat = store.load(chat_id)
-        transcript = self.query_one("#transcript")
+        self.chat, self.pending = store.load(chat_id), []
+        self.show_attachments()
+        transcript = self.base.query_one("#transcript")
         await transcript.remove_children()
         for turn in self.chat["turns"]:
             await self.add_user(turn["user"], turn["images"])

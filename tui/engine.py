@@ -103,9 +103,11 @@ class MLXEngine(Worker):
         self.post(Loaded(f"{self.model_path} ({processor.template}, {time.perf_counter() - tic:.1f} s)"))
 
     def send(self, text: str, images: list):
+        self.stop.clear()  # here, not on the worker: an Esc pressed while the job waits must count
         self.submit("reply", self._stream, lambda c: c.stream(text, images, max_tokens=self.max_tokens, temp=self.temp))
 
     def regenerate(self):
+        self.stop.clear()
         self.submit("regenerate", self._stream, lambda c: c.regenerate(max_tokens=self.max_tokens, temp=self.temp))
 
     def new_chat(self, turns=()):
@@ -113,16 +115,27 @@ class MLXEngine(Worker):
         self.submit("open", self._reset, list(turns))
 
     def _reset(self, turns):
+        from mgm_mlx import ImageError
+
         if self.chat is None:
-            raise RuntimeError("no model is loaded")
+            return  # nothing to reset; sending will say that no model is loaded
         self.chat.reset()
+        missing = []
         for user, images, answer in turns:
-            self.chat.add_turn(user, images, answer)
+            found = []
+            for path in images:
+                try:
+                    self.chat.processor.images([path])
+                    found.append(path)
+                except ImageError:
+                    missing.append(path)
+            self.chat.add_turn(user, found, answer)
+        if missing:
+            raise RuntimeError(f"{len(missing)} image(s) are gone and were left out: {', '.join(missing)}")
 
     def _stream(self, start):
         if self.chat is None:
             raise RuntimeError("no model is loaded")
-        self.stop.clear()
         r, stopped = None, False
         for r in start(self.chat):
             if self.stop.is_set():

@@ -4,6 +4,7 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 
@@ -32,7 +33,7 @@ def save(chat: dict) -> Path:
 
 
 def new_chat(model: str) -> dict:
-    return {"id": time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 1000:03d}", "model": model, "turns": []}
+    return {"id": time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6], "model": model, "turns": []}
 
 
 def listing() -> list:
