@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import mgm_mlx  # noqa: F401  (first: on Linux it may load OpenBLAS before mlx)
 import mlx.core as mx
 
 from mgm_mlx.clip import VisionConfig

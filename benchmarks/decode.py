@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import mgm_mlx  # noqa: F401  (first: on Linux it may load OpenBLAS before mlx)
 import mlx.core as mx
 from mlx.utils import tree_flatten
 from mlx_lm.generate import stream_generate

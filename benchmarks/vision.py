@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 
+import mgm_mlx  # noqa: F401  (first: on Linux it may load OpenBLAS before mlx)
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_map

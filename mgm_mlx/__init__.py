@@ -1,11 +1,15 @@
 """mgm-mlx: Mini-Gemini vision-language models with MLX."""
 
-from pathlib import Path
+from .linux_cpu import preload_openblas
 
-from .image import ImageError, load_image, preprocess
-from .loading import load, load_vision
-from .model import Model
-from .vision import MGMVision
+preload_openblas()  # before anything imports mlx; a no-op on macOS (see linux_cpu.py)
+
+from pathlib import Path  # noqa: E402
+
+from .image import ImageError, load_image, preprocess  # noqa: E402
+from .loading import load, load_vision  # noqa: E402
+from .model import Model  # noqa: E402
+from .vision import MGMVision  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [

@@ -1,5 +1,6 @@
 import json
 
+import mgm_mlx  # noqa: F401  (first: on Linux it may load OpenBLAS before mlx)
 import mlx.core as mx
 import numpy as np
 import pytest
