@@ -126,8 +126,8 @@ def tower_weights(vision_tower=None, vision_tower_aux=None):
         raw = read_tensors(_tower_file(folder, ["model.safetensors", "pytorch_model.bin"]))
         weights.update({"model.vision_tower.vision_tower." + k: v for k, v in raw.items() if k.startswith("vision_model.")})
         if (folder / "config.json").exists():
-            cfg = json.loads((folder / "config.json").read_text())
-            cfg = cfg.get("vision_config", cfg)
+            cfg = _read_json(folder / "config.json")
+            cfg = cfg.get("vision_config", cfg) if isinstance(cfg, dict) else {}
             overrides = {k: cfg[k] for k in ("num_attention_heads", "hidden_act", "layer_norm_eps") if k in cfg}
     if vision_tower_aux:
         folder = resolve(vision_tower_aux)
@@ -159,6 +159,9 @@ def load(
     """
     path = resolve(path_or_repo)
     config = load_config(path)
+    stored = config.get("quantization")
+    if quantize_bits and stored and stored["bits"] != quantize_bits:  # say so before loading anything
+        raise ValueError(f"{path} is already quantized to {stored['bits']} bits")
     weights = load_weights(path)
     extra, overrides = tower_weights(
         vision_tower if not _has(weights, "vision_tower.vision_tower.", "vision.vision_tower.") else None,
@@ -176,10 +179,8 @@ def load(
         q = config["quantization"]
         model.quantize(q["group_size"], q["bits"], weights=weights)
     model.load(weights, dtype=dtype, vision_dtype=vision_dtype)
-    if quantize_bits and "quantization" not in config:
+    if quantize_bits and not stored:
         model.quantize(group_size, quantize_bits)
-    elif quantize_bits and config["quantization"]["bits"] != quantize_bits:
-        raise ValueError(f"{path} is already quantized to {config['quantization']['bits']} bits")
     if not lazy:
         mx.eval(model.parameters())
     return model, Processor.from_folder(path, config, model.vision.args.image_size_aux, template)

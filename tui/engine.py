@@ -115,7 +115,7 @@ class MLXEngine(Worker):
         self.submit("open", self._reset, list(turns))
 
     def _reset(self, turns):
-        from mgm_mlx import ImageError
+        from mgm_mlx import ImageError, load_image
 
         if self.chat is None:
             return  # nothing to reset; sending will say that no model is loaded
@@ -125,7 +125,7 @@ class MLXEngine(Worker):
             found = []
             for path in images:
                 try:
-                    self.chat.processor.images([path])
+                    load_image(path)  # is it still there? add_turn does the preprocessing once
                     found.append(path)
                 except ImageError:
                     missing.append(path)
