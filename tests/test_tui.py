@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from textual.widgets import Markdown, Static
+from textual.widgets import Static
 
 from checkpoints import make_checkpoint
 from common import mode_variants
@@ -219,7 +219,8 @@ def test_reopen_a_saved_chat(home):
         await say(pilot, "/open")
         await until(pilot, lambda: app.screen.query("#chat-list"))
         app.screen.query_one("#chat-list").action_select()  # first (newest) entry
-        await until(pilot, lambda: app.chat["id"] == old and len(app.query(".user")) == 1)
+        # reopen mounts the transcript, then hands the turns to the engine: wait for both
+        await until(pilot, lambda: app.chat["id"] == old and len(app.query(".user")) == 1 and app.engine.turns)
         assert app.engine.turns[0][0] == "Remember me"
 
     run(test)

@@ -229,6 +229,7 @@ class ChatApp(App):
         )
         self.chat["turns"][-1]["assistant"] = self.reply_text.strip()
         store.save(self.chat)
+        self.busy = False  # only now: status, transcript and saved chat all show the finished turn
 
     async def on_failed(self, event: Failed) -> None:
         hint = "; Ctrl+N starts a new chat" if "at most" in event.error else ""
@@ -252,6 +253,7 @@ class ChatApp(App):
             elif event.what == "regenerate" and not self.reply_text.strip():
                 # show the old reply again
                 await self.base.query_one("#transcript").mount(Markdown(self.chat["turns"][-1]["assistant"], classes="assistant"))
+            self.busy = False
 
     # ---- sending
 
@@ -290,9 +292,10 @@ class ChatApp(App):
         self.set_status("thinking ...")
 
     async def finish_reply(self) -> None:
+        """Flush the Markdown stream; the caller marks the turn settled (busy = False) last."""
         if self.stream is not None:
             await self.stream.stop()
-        self.stream, self.busy = None, False
+        self.stream = None
 
     async def command(self, text: str) -> None:
         name, _, rest = text.partition(" ")
