@@ -1,15 +1,18 @@
 """Image chat: template -> tokens around <image> -> spliced embeddings -> mlx-lm's loop.
 
     python -m mgm_mlx.generate --model mgm-2b-4bit --image photo.jpg --prompt "What is here?"
+    python -m mgm_mlx.generate --model mgm-7b-4bit --prompt "Draw a cat in a spacesuit" --gen
 
-The answer streams to stdout; statistics go to stderr.
+The answer streams to stdout; statistics go to stderr. With --gen the model also writes a
+picture prompt inside <h>...</h>, which a diffusion model draws (imagegen.py, diffusion.py).
 """
 
 import argparse
+import gc
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import mlx.core as mx
 import numpy as np
@@ -19,6 +22,8 @@ from mlx_lm.sample_utils import make_sampler
 from PIL import Image as PILImage
 
 from .image import ImageError, load_image
+from .imagegen import (NO_PROMPT, GenerationError, ImageRequest, check_output, extract_prompt, get_generator, parse_size,
+                       reply_prompt, save_png, with_gen)
 from .prompt import IMAGE, IMAGE_TOKEN_INDEX, STOP_TOKENS, TEMPLATES, format_prompt, label_images, system_text, tokenize
 
 
@@ -217,7 +222,19 @@ def main(argv=None):
     parser.add_argument("--q-bits", type=int, choices=[4, 8], help="quantize the LLM while loading")
     parser.add_argument("--verbose", action="store_true", help="also print load time and the formatted prompt")
     parser.add_argument("--quiet", action="store_true", help="print only the answer")
+    gen = parser.add_argument_group("image generation (pip install 'mgm-mlx[gen]', see the README)")
+    gen.add_argument("--gen", action="store_true", help="ask for a picture: draw the reply's <h>...</h> prompt")
+    gen.add_argument("--gen-from-reply", action="store_true",
+                     help="like --gen, but draw the reply text itself when it has no <h> block")
+    gen.add_argument("--gen-model", default="flux-schnell",
+                     help="flux-schnell (default, 4 steps), flux-schnell-4bit or sd3-medium")
+    gen.add_argument("--gen-size", default="1024", help="N or WIDTHxHEIGHT, multiples of 16 (default 1024)")
+    gen.add_argument("--gen-steps", type=int, help="denoising steps (default: 4 for FLUX, 50 for SD3)")
+    gen.add_argument("--gen-guidance", type=float, help="guidance (default: 0 for FLUX, 5 for SD3)")
+    gen.add_argument("--gen-seed", type=int, help="seed for the picture (default: random, printed)")
+    gen.add_argument("--output-image", help="PNG to write (default: the next free mgm-image-NNN.png here)")
     args = parser.parse_args(argv)
+    args.gen = args.gen or args.gen_from_reply
 
     from .loading import load
 
@@ -228,6 +245,9 @@ def main(argv=None):
         if not prompt.strip():
             raise ValueError("the prompt is empty")
         images = [load_image(path) for path in args.image]  # bad images fail before the model loads
+        if args.gen:  # and so does anything that would stop the picture
+            generator, request = _gen_setup(args)
+            prompt = with_gen(prompt)
         tic = time.perf_counter()
         model, processor = load(args.model, quantize_bits=args.q_bits, template=args.template)
         if args.verbose:
@@ -236,18 +256,50 @@ def main(argv=None):
         if args.verbose:
             user = (IMAGE + "\n") * len(args.image) + prompt
             print(label_images(format_prompt(chat.template, [user, None], args.system)), file=sys.stderr)
-        response = None
+        response, answer = None, []
         for response in chat.stream(prompt, images, max_tokens=args.max_tokens, temp=args.temp,
                                     top_p=args.top_p, seed=args.seed):
             print(response.text, end="", flush=True)
+            answer.append(response.text)
         print()
+        if response is not None and not args.quiet:
+            print_stats(response)
+        if args.gen:
+            del chat, model  # room for the diffusion model
+            _draw(args, generator, request, "".join(answer))
     except KeyboardInterrupt:
         print(file=sys.stderr)
         sys.exit(130)
-    except (ImageError, FileNotFoundError, ValueError, OSError) as e:
+    except (ImageError, FileNotFoundError, ValueError, OSError, GenerationError) as e:
         sys.exit(f"error: {e}")
-    if response is not None and not args.quiet:
-        print_stats(response)
+
+
+def _gen_setup(args):
+    generator = get_generator(model=args.gen_model)
+    width, height = parse_size(args.gen_size)
+    request = ImageRequest("placeholder", width, height, args.gen_steps, args.gen_guidance, args.gen_seed)
+    generator.check(request)
+    check_output(args.output_image)
+    return generator, request
+
+
+def _draw(args, generator, request, reply: str):
+    text = extract_prompt(reply) or (reply_prompt(reply) if args.gen_from_reply else None)
+    if text is None:
+        sys.exit(f"error: {NO_PROMPT}")
+    gc.collect()
+    mx.clear_cache()
+    request = replace(request, prompt=text)
+    if not args.quiet:
+        seed = "random seed" if request.seed is None else f"seed {request.seed}"
+        print(f"Drawing with {generator.name} ({request.width}x{request.height}, {seed}): {text}", file=sys.stderr)
+    picture = generator.generate(request, progress=(lambda step, total: None) if args.quiet else None)
+    path = save_png(picture.image, args.output_image)
+    print(f"Saved image to {path}")
+    if not args.quiet:
+        r = picture.request
+        print(f"Image: {r.width}x{r.height}, {r.steps} steps, guidance {r.guidance:g}, seed {r.seed}, "
+              f"{picture.seconds:.1f} s, peak memory {picture.peak_memory:.3f} GB", file=sys.stderr)
 
 
 if __name__ == "__main__":
