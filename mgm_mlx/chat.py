@@ -1,9 +1,11 @@
 """Chat with MGM in the terminal (a Textual app).
 
     python -m mgm_mlx.chat --model mgm-2b-4bit
+    python -m mgm_mlx.chat --model mgm-7b-4bit --gen-size 768      # /gen draws 768x768 pictures
 """
 
 import argparse
+import sys
 
 
 def main(argv=None):
@@ -11,13 +13,32 @@ def main(argv=None):
     parser.add_argument("--model", required=True, help="converted folder, released folder or repo id")
     parser.add_argument("--max-tokens", "-m", type=int, default=512)
     parser.add_argument("--temp", type=float, default=0.0)
+    gen = parser.add_argument_group("pictures (/gen, /draw; pip install 'mgm-mlx[gen]', see the README)")
+    gen.add_argument("--gen-model", default="flux-schnell", help="flux-schnell (default), flux-schnell-4bit or sd3-medium")
+    gen.add_argument("--gen-size", default="1024", help="N or WIDTHxHEIGHT, multiples of 16 (default 1024)")
+    gen.add_argument("--gen-keep", action="store_true",
+                     help="keep the diffusion model in memory between pictures (faster, needs more memory)")
     args = parser.parse_args(argv)
+
+    from .diffusion import MAX_SIDE, MIN_SIDE, MODELS
+    from .imagegen import GenerationError, parse_size
+
+    try:  # checked here: the app would only find out at the first picture
+        size = parse_size(args.gen_size)
+        if args.gen_model not in MODELS:
+            raise GenerationError(f"unknown image model {args.gen_model!r}; choose from {', '.join(MODELS)}")
+        if size[0] % 16 or size[1] % 16 or min(size) < MIN_SIDE or max(size) > MAX_SIDE:
+            raise GenerationError(f"picture sizes are multiples of 16 from {MIN_SIDE} to {MAX_SIDE}; not {args.gen_size}")
+    except GenerationError as e:
+        sys.exit(f"error: {e}")
 
     from .tui.app import ChatApp
     from .tui.engine import MLXEngine
 
-    app = ChatApp(lambda post: MLXEngine(post, args.model, args.max_tokens, args.temp), args.model)
-    app.run()
+    def engine(post):
+        return MLXEngine(post, args.model, args.max_tokens, args.temp, args.gen_model, size, args.gen_keep)
+
+    ChatApp(engine, args.model).run()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ generator (diffusion.py: diffusionkit on MLX) turns an ImageRequest into a PIL i
 """
 
 import importlib
+import importlib.util
 import os
 import re
 import tempfile
@@ -76,6 +77,15 @@ def get_generator(backend: str = "diffusionkit", **options) -> ImageGenerator:
         module, name = target.split(":")
         target = getattr(importlib.import_module(module), name)
     return target(**options)
+
+
+def missing_extra() -> str | None:
+    """What to install for image generation, or None when it is there (no import done)."""
+    try:
+        found = importlib.util.find_spec("diffusionkit") is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else INSTALL
 
 
 def with_gen(text: str) -> str:

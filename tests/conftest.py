@@ -45,3 +45,43 @@ def torch_ref():
     import reference
 
     return reference, *reference.load_tiny(TINY)
+
+
+# ---- tiny diffusionkit models in a Hugging Face cache (test_imagegen.py, test_tui.py)
+
+@pytest.fixture(scope="session")
+def dk():
+    pytest.importorskip("diffusionkit")
+    from mgm_mlx import diffusionkit_compat
+
+    diffusionkit_compat.apply()
+    import diffusion_cache
+
+    return diffusion_cache
+
+
+@pytest.fixture(scope="session")
+def caches(dk, tmp_path_factory):
+    out = {}
+    for kind in ("flux", "sd3"):
+        root = tmp_path_factory.mktemp(f"hf-{kind}")
+        out[kind] = root, dk.make_cache(root, kind)
+    return out
+
+
+@pytest.fixture
+def offline(dk, caches, monkeypatch):
+    """Point the hub (and transformers through it) at a tiny cache with no network."""
+    import huggingface_hub.constants as hub
+
+    def use(kind):
+        monkeypatch.setattr(hub, "HF_HUB_CACHE", str(caches[kind][0]))
+        monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+        for (module, name), value in dk.patches(kind).items():
+            monkeypatch.setattr(module, name, value)
+        return caches[kind][1]
+
+    yield use
+    from mgm_mlx import diffusion
+
+    diffusion._drop()

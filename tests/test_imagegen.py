@@ -80,42 +80,6 @@ def test_cli_without_the_extra_fails_before_loading_the_model(monkeypatch, capsy
 
 # ---- the real diffusionkit pipelines (tests run when the [gen] extra is installed)
 
-@pytest.fixture(scope="module")
-def dk():
-    pytest.importorskip("diffusionkit")
-    from mgm_mlx import diffusionkit_compat
-
-    diffusionkit_compat.apply()
-    import diffusion_cache
-
-    return diffusion_cache
-
-
-@pytest.fixture(scope="module")
-def caches(dk, tmp_path_factory):
-    out = {}
-    for kind in ("flux", "sd3"):
-        root = tmp_path_factory.mktemp(f"hf-{kind}")
-        out[kind] = root, dk.make_cache(root, kind)
-    return out
-
-
-@pytest.fixture
-def offline(dk, caches, monkeypatch):
-    """Point the hub (and transformers through it) at a tiny cache with no network."""
-    import huggingface_hub.constants as hub
-
-    def use(kind):
-        monkeypatch.setattr(hub, "HF_HUB_CACHE", str(caches[kind][0]))
-        monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
-        for (module, name), value in dk.patches(kind).items():
-            monkeypatch.setattr(module, name, value)
-        return caches[kind][1]
-
-    yield use
-    diffusion._drop()
-
-
 def _pixels(picture):
     return np.asarray(picture.image)
 

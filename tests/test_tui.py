@@ -13,7 +13,8 @@ from common import mode_variants
 
 from mgm_mlx.tui import store
 from mgm_mlx.tui.app import ChatApp, HelpScreen, ImagePicker, Prompt
-from mgm_mlx.tui.engine import Done, Loaded, MLXEngine, Piece, Stats, Worker
+from mgm_mlx.tui import app as app_module
+from mgm_mlx.tui.engine import Done, Drawn, Loaded, MLXEngine, Piece, Stats, Worker
 
 REPLY = "Here is a **red house** under a yellow sun.\n\n```python\nprint('house')\n```"
 
@@ -24,6 +25,7 @@ class FakeEngine(Worker):
     def __init__(self, post, delay=0.0, load_error=None, busy_first=0.0):
         super().__init__(post)
         self.delay, self.error, self.sent, self.turns, self.regenerated = delay, None, [], None, 0
+        self.drawn = []
         self.submit("load", self._load, load_error)
         self.busy_first = busy_first  # seconds the next job waits behind other work
 
@@ -32,12 +34,22 @@ class FakeEngine(Worker):
             raise RuntimeError(error)
         self.post(Loaded("fake model"))
 
-    def send(self, text, images):
+    def send(self, text, images, draw=False):
         self.stop.clear()
         self.sent.append((text, images))
         if self.busy_first:
             self.submit("other", time.sleep, self.busy_first)
-        self.submit("reply", self._stream)
+        self.submit("reply", self._stream, draw)
+
+    def draw(self, prompt):
+        self.stop.clear()
+        self.submit("draw", self._draw, prompt)
+
+    def _draw(self, prompt):
+        self.drawn.append(prompt)
+        path = f"mgm-image-{len(self.drawn):03d}.png"
+        mode_variants()["rgb"].resize((64, 48)).save(path)
+        self.post(Drawn(path, prompt, 1.5, 42))
 
     def regenerate(self):
         self.stop.clear()
@@ -47,7 +59,7 @@ class FakeEngine(Worker):
     def new_chat(self, turns=()):
         self.turns = list(turns)
 
-    def _stream(self):
+    def _stream(self, draw=False):
         if self.error:
             error, self.error = self.error, None
             raise ValueError(error)
@@ -58,7 +70,10 @@ class FakeEngine(Worker):
                 break
             self.post(Piece(word + " "))
             time.sleep(self.delay)
-        self.post(Done(Stats(576, {"clip": 5, "convnext": 6, "mining": 7}, 100.0, 20.0, 12, 0.5, 700, 2048), stopped))
+        self.post(Done(Stats(576, {"clip": 5, "convnext": 6, "mining": 7}, 100.0, 20.0, 12, 0.5, 700, 2048), stopped,
+                       draw and not stopped))
+        if draw and not stopped:
+            self.submit("draw", self._draw, "a red house under a yellow sun")
 
 
 class App(ChatApp):
@@ -237,9 +252,7 @@ def test_history_help_and_unknown_command():
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, HelpScreen))
         await say(pilot, "/dance")
-        await say(pilot, "/gen")
         assert any("unknown command /dance" in n for n in app.notes)
-        assert any("not installed" in n for n in app.notes)
 
     run(test)
 
@@ -324,3 +337,61 @@ def test_real_engine_with_a_tiny_checkpoint(home):
         assert app.query(".assistant") and app.chat["turns"][0]["images"] == [str(home / "house.png")]
 
     run(test, engine=lambda post: MLXEngine(post, str(folder), max_tokens=8))
+
+
+# ---- pictures: /gen asks MGM for a <h> prompt and draws it, /draw draws text or the last reply
+
+def test_gen_and_draw_with_a_fake_engine(home, monkeypatch):
+    monkeypatch.setattr(app_module, "missing_extra", lambda: None)
+
+    async def test(app, pilot):
+        await say(pilot, "/draw")
+        assert any("nothing to draw yet" in n for n in app.notes)
+        await say(pilot, "/gen")
+        assert any("usage: /gen TEXT" in n for n in app.notes)
+        await say(pilot, "/gen a house at night")
+        await until(pilot, lambda: not app.busy and "picture saved" in status(app))
+        assert app.engine.sent[-1][0] == "a house at night <GEN>"  # as the reference sends it
+        assert app.engine.drawn == ["a red house under a yellow sun"]
+        picture = str(app.query(".picture").last().render())
+        assert "[picture: mgm-image-001.png]" in picture and "prompt: a red house" in picture
+        assert "seed 42" in status(app) and (home / "mgm-image-001.png").exists()
+        saved = json.loads(next((home / "home" / "chats").glob("*.json")).read_text())
+        assert saved["turns"][0]["pictures"] == ["mgm-image-001.png"]
+        await say(pilot, "/draw")  # the last reply has no <h> block: its text is drawn
+        await until(pilot, lambda: not app.busy and "mgm-image-002.png" in status(app))
+        assert app.engine.drawn[-1].startswith("Here is a **red house** under a yellow sun.")
+        await say(pilot, "/draw a blue dog")
+        await until(pilot, lambda: not app.busy and "mgm-image-003.png" in status(app))
+        assert app.engine.drawn[-1] == "a blue dog" and len(app.query(".picture")) == 3
+        assert "![mgm-image-001.png](mgm-image-001.png)" in app_module.store.markdown(app.chat)
+
+    run(test)
+
+
+def test_gen_without_the_extra_says_how_to_install(home, monkeypatch):
+    monkeypatch.setattr(app_module, "missing_extra", lambda: "image generation needs diffusionkit: pip install ...")
+
+    async def test(app, pilot):
+        await say(pilot, "/gen a cat")
+        assert any("pip install" in n for n in app.notes) and not app.busy and not app.engine.sent
+
+    run(test)
+
+
+def test_real_engine_draws_with_tiny_diffusionkit(home, offline):
+    offline("flux")
+    folder, _ = make_checkpoint(home / "tiny", "gemma")
+
+    async def test(app, pilot):
+        await say(pilot, "/gen draw a house")  # the tiny random LLM writes no <h> block: one clear error
+        await until(pilot, lambda: not app.busy and "no picture" in status(app), timeout=120)
+        assert any("no <h>...</h> picture prompt" in n for n in app.notes)
+        assert app.chat["turns"][0]["user"] == "draw a house <GEN>"
+        await say(pilot, "/draw a red cat on the sky")
+        await until(pilot, lambda: not app.busy and "picture saved" in status(app), timeout=120)
+        from PIL import Image
+
+        assert Image.open(home / "mgm-image-001.png").size == (96, 64)
+
+    run(test, engine=lambda post: MLXEngine(post, str(folder), max_tokens=8, gen_size=(96, 64), image_dir=str(home)))

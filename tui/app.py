@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from PIL import Image as PILImage
 from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
@@ -16,8 +17,9 @@ from textual.screen import ModalScreen
 from textual.widgets import DirectoryTree, Footer, Markdown, OptionList, Static, TextArea
 
 from ..image import ImageError, load_image
+from ..imagegen import extract_prompt, missing_extra, reply_prompt, with_gen
 from . import store
-from .engine import Done, Failed, Loaded, Piece, Progress
+from .engine import Done, Drawn, Failed, Loaded, Piece, Progress
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 HELP = """\
@@ -41,7 +43,11 @@ HELP = """\
 # Commands
 
 `/image PATH [PATH ...]` attach images to the next message (quote paths with spaces) ·
-`/new` · `/export [FILE]` · `/open` · `/help` · `/gen` (image generation: not available yet)
+`/new` · `/export [FILE]` · `/open` · `/help`
+
+`/gen TEXT` asks for a picture: MGM answers and writes a prompt inside `<h>...</h>`, which a
+diffusion model draws into the next free `mgm-image-NNN.png` here (needs the `[gen]` extra; see
+the README) · `/draw [TEXT]` draws TEXT, or else the last reply's `<h>` prompt or the reply itself
 
 Copying uses pbcopy on macOS, else the terminal's clipboard (OSC 52; in tmux it needs
 `set -g set-clipboard on`).
@@ -156,6 +162,7 @@ class ChatApp(App):
     #transcript { height: 1fr; padding: 0 1; }
     .user { margin: 1 0 0 0; padding: 0 1; background: $boost; }
     .assistant { margin: 0 0 0 2; }
+    .picture { margin: 0 0 0 2; }
     #attachments { height: auto; color: $text-muted; padding: 0 1; }
     #prompt { height: 5; }
     #status { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
@@ -229,7 +236,26 @@ class ChatApp(App):
         )
         self.chat["turns"][-1]["assistant"] = self.reply_text.strip()
         store.save(self.chat)
+        if event.draw:  # the engine draws the reply's picture next; still busy
+            self.set_status("drawing ... (Esc stops)")
+            return
         self.busy = False  # only now: status, transcript and saved chat all show the finished turn
+
+    async def on_drawn(self, event: Drawn) -> None:
+        body = Text(f"[picture: {event.path}]\n", style="bold")
+        try:
+            with PILImage.open(event.path) as picture:
+                body.append_text(preview(picture.convert("RGB"), 32))
+        except OSError:
+            pass
+        body.append(f"prompt: {event.prompt}", style="italic")
+        await self.base.query_one("#transcript").mount(Static(body, classes="picture"))
+        if self.chat["turns"]:
+            self.chat["turns"][-1].setdefault("pictures", []).append(event.path)
+            store.save(self.chat)
+        self.notify(f"saved {event.path}")
+        self.set_status(f"picture saved to {event.path} ({event.seconds:.1f} s, seed {event.seed})")
+        self.busy = False
 
     async def on_failed(self, event: Failed) -> None:
         hint = "; Ctrl+N starts a new chat" if "at most" in event.error else ""
@@ -238,6 +264,9 @@ class ChatApp(App):
             self.set_status("no model loaded (see the error); quit with Ctrl+Q")
         elif event.what == "open":
             self.set_status(f"reopened {self.chat['id']}, with what could be restored")
+        elif event.what == "draw":
+            self.set_status("no picture (see the error)")
+            self.busy = False
         if event.what in ("reply", "regenerate") and self.busy:
             await self.finish_reply()
             self.set_status(f"{event.what} failed")
@@ -266,12 +295,18 @@ class ChatApp(App):
         if self.busy:
             self.notify("wait for the reply, or press Esc to stop it", severity="warning")
             return
+        await self.send_turn(text)
+
+    async def send_turn(self, text: str, draw: bool = False) -> None:
         images, self.pending = self.pending, []
         self.show_attachments()
         await self.add_user(text, images)
         self.chat["turns"].append({"user": text, "images": [str(p) for p in images], "assistant": ""})
         await self.start_reply()
-        self.engine.send(text, [str(p) for p in images])
+        if draw:
+            self.engine.send(text, [str(p) for p in images], draw=True)
+        else:
+            self.engine.send(text, [str(p) for p in images])
 
     async def add_user(self, text: str, images) -> None:
         body = Text()
@@ -317,10 +352,34 @@ class ChatApp(App):
             self.action_open_chat()
         elif name == "/help":
             self.action_help()
-        elif name == "/gen":
-            self.notify("image generation is not installed in this version", severity="warning")
+        elif name in ("/gen", "/draw"):
+            await self.picture(name, rest.strip())
         else:
             self.notify(f"unknown command {name}; F1 lists them", severity="warning")
+
+    async def picture(self, name: str, text: str) -> None:
+        if self.busy:
+            self.notify("wait for the reply, or press Esc to stop it", severity="warning")
+            return
+        problem = missing_extra()
+        if problem:
+            self.notify(problem, severity="error", timeout=10)
+            return
+        if name == "/gen":
+            if not text:
+                self.notify("usage: /gen TEXT (e.g. /gen draw a cat in a spacesuit)", severity="warning")
+                return
+            await self.send_turn(with_gen(text), draw=True)
+            return
+        if not text and self.chat["turns"]:
+            last = self.chat["turns"][-1]["assistant"]
+            text = extract_prompt(last) or reply_prompt(last) or ""
+        if not text:
+            self.notify("nothing to draw yet: /draw TEXT, or ask with /gen first", severity="warning")
+            return
+        self.busy = True
+        self.set_status("drawing ...")
+        self.engine.draw(text)
 
     def attach(self, path: Path) -> None:
         try:
@@ -404,6 +463,8 @@ class ChatApp(App):
         for turn in self.chat["turns"]:
             await self.add_user(turn["user"], turn["images"])
             await transcript.mount(Markdown(turn["assistant"], classes="assistant"))
+            for path in turn.get("pictures", []):
+                await transcript.mount(Static(Text(f"[picture: {path}]", style="bold"), classes="picture"))
         self.engine.new_chat([(t["user"], t["images"], t["assistant"]) for t in self.chat["turns"]])
         self.set_status(f"reopened {chat_id}")
 

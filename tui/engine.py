@@ -46,10 +46,19 @@ class Stats:
 
 
 class Done(Message):
-    def __init__(self, stats: Stats, stopped: bool):
+    def __init__(self, stats: Stats, stopped: bool, draw: bool = False):
         super().__init__()
         self.stats = stats
         self.stopped = stopped
+        self.draw = draw  # a picture is drawn from this reply next
+
+
+class Drawn(Message):
+    """A picture was drawn and saved."""
+
+    def __init__(self, path: str, prompt: str, seconds: float, seed: int):
+        super().__init__()
+        self.path, self.prompt, self.seconds, self.seed = path, prompt, seconds, seed
 
 
 class Failed(Message):
@@ -80,13 +89,21 @@ class Worker:
                 self.post(Failed(what, " ".join(str(e).split()) or type(e).__name__))
 
 
-class MLXEngine(Worker):
-    """mgm-mlx's Chat behind the worker thread."""
+class _Stopped(Exception):
+    def __str__(self):
+        return "stopped"
 
-    def __init__(self, post, model_path: str, max_tokens: int = 512, temp: float = 0.0):
+
+class MLXEngine(Worker):
+    """mgm-mlx's Chat behind the worker thread (and the picture generator, when asked)."""
+
+    def __init__(self, post, model_path: str, max_tokens: int = 512, temp: float = 0.0,
+                 gen_model: str = "flux-schnell", gen_size=(1024, 1024), gen_keep: bool = False, image_dir: str = "."):
         super().__init__(post)
         self.model_path, self.max_tokens, self.temp = model_path, max_tokens, temp
+        self.gen_model, self.gen_size, self.gen_keep, self.image_dir = gen_model, gen_size, gen_keep, image_dir
         self.chat = None
+        self.generator = None
         self.submit("load", self._load)
 
     @property
@@ -102,9 +119,15 @@ class MLXEngine(Worker):
         self.chat = Chat(model, processor)
         self.post(Loaded(f"{self.model_path} ({processor.template}, {time.perf_counter() - tic:.1f} s)"))
 
-    def send(self, text: str, images: list):
+    def send(self, text: str, images: list, draw: bool = False):
+        """draw: then draw the reply's <h>...</h> picture prompt (the text carries <GEN>)."""
         self.stop.clear()  # here, not on the worker: an Esc pressed while the job waits must count
-        self.submit("reply", self._stream, lambda c: c.stream(text, images, max_tokens=self.max_tokens, temp=self.temp))
+        self.submit("reply", self._stream, lambda c: c.stream(text, images, max_tokens=self.max_tokens, temp=self.temp),
+                    draw)
+
+    def draw(self, prompt: str):
+        self.stop.clear()
+        self.submit("draw", self._draw, prompt)
 
     def regenerate(self):
         self.stop.clear()
@@ -133,17 +156,47 @@ class MLXEngine(Worker):
         if missing:
             raise RuntimeError(f"{len(missing)} image(s) are gone and were left out: {', '.join(missing)}")
 
-    def _stream(self, start):
+    def _stream(self, start, draw=False):
         if self.chat is None:
             raise RuntimeError("no model is loaded")
-        r, stopped = None, False
+        r, stopped, text = None, False, []
         for r in start(self.chat):
             if self.stop.is_set():
                 stopped = True
                 break
             self.post(Piece(r.text))
+            text.append(r.text)
         stats = Stats(context_used=self.chat.context_used, context_max=self.chat.model.max_length)
         if r is not None:
             stats = Stats(r.image_tokens, r.vision_ms, r.prompt_tps, r.generation_tps, r.generation_tokens,
                           r.peak_memory, self.chat.context_used, self.chat.model.max_length)
-        self.post(Done(stats, stopped))
+        draw = draw and not stopped
+        self.post(Done(stats, stopped, draw))
+        if draw:
+            self.submit("draw", self._draw_reply, "".join(text))
+
+    def _draw_reply(self, reply: str):
+        from mgm_mlx.imagegen import extract_prompt
+
+        prompt = extract_prompt(reply)
+        if prompt is None:
+            raise RuntimeError("the reply has no <h>...</h> picture prompt (MGM-2B often leaves it out); "
+                               "/draw draws the reply text itself")
+        self._draw(prompt)
+
+    def _draw(self, prompt: str):
+        from mgm_mlx.imagegen import ImageRequest, get_generator, next_image_path, save_png
+
+        if self.generator is None:
+            self.generator = get_generator(model=self.gen_model, keep=self.gen_keep)
+        width, height = self.gen_size
+
+        def step(i, n):
+            if self.stop.is_set():
+                raise _Stopped
+            self.post(Progress(f"drawing {width}x{height} with {self.generator.name}: step {i}/{n} (Esc stops)"))
+
+        self.post(Progress(f"drawing {width}x{height} with {self.generator.name}: loading ... (Esc stops)"))
+        picture = self.generator.generate(ImageRequest(prompt, width, height), progress=step)
+        path = save_png(picture.image, next_image_path(self.image_dir))
+        self.post(Drawn(str(path), picture.request.prompt, picture.seconds, picture.request.seed))

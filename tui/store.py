@@ -58,5 +58,6 @@ def markdown(chat: dict) -> str:
     lines = [f"# Chat with {chat['model']}", ""]
     for turn in chat["turns"]:
         images = "".join(f"![{Path(p).name}]({p})\n" for p in turn["images"])
-        lines += ["**You:**", "", images + turn["user"], "", "**MGM:**", "", turn["assistant"], ""]
+        pictures = "".join(f"\n![{Path(p).name}]({p})" for p in turn.get("pictures", []))
+        lines += ["**You:**", "", images + turn["user"], "", "**MGM:**", "", turn["assistant"] + pictures, ""]
     return "\n".join(lines)
