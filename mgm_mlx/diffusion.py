@@ -59,18 +59,21 @@ def _drop():
     mx.clear_cache()
 
 
+def _offline(spec: Spec) -> str:
+    repos = ", ".join((spec.repo,) + SHARED)
+    return (f"the {spec.title} weights are not in the Hugging Face cache and the hub can't be reached; "
+            f"run once online to download them ({repos})")
+
+
 def _explain(e: Exception, spec: Spec) -> str:
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    repos = ", ".join((spec.repo,) + SHARED)
     if isinstance(e, GatedRepoError):
         return f"{spec.repo} is gated: accept its licence on huggingface.co, then log in with `hf auth login`"
     if isinstance(e, RepositoryNotFoundError):
         return f"{spec.repo} was not found on the Hugging Face hub"
-    offline = isinstance(e, LocalEntryNotFoundError) or (isinstance(e, OSError) and "huggingface" in str(e).lower())
-    if offline:
-        return (f"the {spec.title} weights are not in the Hugging Face cache and the hub can't be reached; "
-                f"run once online to download them ({repos})")
+    if isinstance(e, LocalEntryNotFoundError) or (isinstance(e, OSError) and "huggingface" in str(e).lower()):
+        return _offline(spec)
     return f"image generation failed: {' '.join(str(e).split()) or type(e).__name__}"
 
 
@@ -102,6 +105,19 @@ class DiffusionKitGenerator:
         if not self.spec.flux and request.guidance is not None and request.guidance <= 0:
             raise GenerationError(f"{self.name} needs a guidance above 0 (default {self.spec.guidance})")
         clean_prompt(request.prompt)
+
+    def check_weights(self) -> None:
+        """Offline (HF_HUB_OFFLINE), say now if the weights are not cached, before any other work.
+        Online they are downloaded when the first picture is drawn."""
+        from diffusionkit.mlx import model_io
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        if not constants.HF_HUB_OFFLINE:
+            return
+        files = [(self.spec.repo, name) for name in model_io._MMDIT[self.spec.repo].values()]
+        files += [(SHARED[0], model_io._MODELS[SHARED[0]][k]) for k in ("clip_l", "t5")] + [(SHARED[1], "config.json")]
+        if any(not isinstance(try_to_load_from_cache(repo, name), str) for repo, name in files):
+            raise GenerationError(_offline(self.spec))
 
     def _max_side(self) -> int:
         if self.spec.flux:

@@ -279,6 +279,7 @@ def _gen_setup(args):
     width, height = parse_size(args.gen_size)
     request = ImageRequest("placeholder", width, height, args.gen_steps, args.gen_guidance, args.gen_seed)
     generator.check(request)
+    generator.check_weights()
     check_output(args.output_image)
     return generator, request
 

@@ -62,6 +62,9 @@ class ImageGenerator(Protocol):
     def generate(self, request: ImageRequest, progress=None) -> Picture:
         """progress: None, or called as progress(step, total) while drawing."""
 
+    def check_weights(self) -> None:
+        """Raise GenerationError if the weights are known to be unavailable (offline)."""
+
     def close(self) -> None:
         """Free whatever the generator holds."""
 

@@ -243,3 +243,13 @@ def test_gen_bad_options_fail_before_the_model_loads(offline, tmp_path, capsys, 
     offline("flux")
     code, out, err = _run(["--model", str(tmp_path / "never-loaded"), "--prompt", "Draw", "--gen", *args], capsys)
     assert code == 1 and words in err and len(err.strip().splitlines()) == 1
+
+
+def test_gen_offline_without_the_weights_fails_before_the_model_loads(offline, tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants as hub
+
+    offline("flux")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    code, _, err = _run(["--model", str(tmp_path / "never-loaded"), "--prompt", "Draw", "--gen"], capsys)
+    assert code == 1 and "FLUX.1-schnell weights are not in the Hugging Face cache" in err
+    assert len(err.strip().splitlines()) == 1
