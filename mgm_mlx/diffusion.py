@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass, replace
 
 import mlx.core as mx
+import numpy as np
 
-from .imagegen import INSTALL, GenerationError, ImageRequest, Picture, clean_prompt
+from .imagegen import INSTALL, GenerationError, ImageRequest, Picture, Stopped, clean_prompt
 
 SHARED = ("argmaxinc/stable-diffusion", "google/t5-v1_1-xxl")  # text encoders and tokenizers
 
@@ -66,13 +67,15 @@ def _offline(spec: Spec) -> str:
 
 
 def _explain(e: Exception, spec: Spec) -> str:
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled,
+                                        RepositoryNotFoundError)
 
     if isinstance(e, GatedRepoError):
         return f"{spec.repo} is gated: accept its licence on huggingface.co, then log in with `hf auth login`"
     if isinstance(e, RepositoryNotFoundError):
         return f"{spec.repo} was not found on the Hugging Face hub"
-    if isinstance(e, LocalEntryNotFoundError) or (isinstance(e, OSError) and "huggingface" in str(e).lower()):
+    # transformers (the T5 config and tokenizer) says "couldn't connect to 'https://huggingface.co'"
+    if isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)) or "couldn't connect" in str(e).lower():
         return _offline(spec)
     return f"image generation failed: {' '.join(str(e).split()) or type(e).__name__}"
 
@@ -104,6 +107,8 @@ class DiffusionKitGenerator:
             raise GenerationError("the number of steps must be at least 1")
         if not self.spec.flux and request.guidance is not None and request.guidance <= 0:
             raise GenerationError(f"{self.name} needs a guidance above 0 (default {self.spec.guidance})")
+        if self.spec.flux and request.guidance:  # diffusionkit would double the batch and fail
+            raise GenerationError(f"{self.name} is distilled to run without guidance; leave it at 0")
         clean_prompt(request.prompt)
 
     def check_weights(self) -> None:
@@ -114,8 +119,12 @@ class DiffusionKitGenerator:
 
         if not constants.HF_HUB_OFFLINE:
             return
-        files = [(self.spec.repo, name) for name in model_io._MMDIT[self.spec.repo].values()]
-        files += [(SHARED[0], model_io._MODELS[SHARED[0]][k]) for k in ("clip_l", "t5")] + [(SHARED[1], "config.json")]
+        files = [(self.spec.repo, name) for name in {*model_io._MMDIT[self.spec.repo].values(), "config.json"}]
+        parts = ["clip_l", "clip_l_config", "tokenizer_l_vocab", "tokenizer_l_merges", "t5"]
+        if not self.spec.flux:
+            parts += ["clip_g", "clip_g_config", "tokenizer_g_vocab", "tokenizer_g_merges"]
+        files += [(SHARED[0], model_io._MODELS[SHARED[0]][k]) for k in parts]
+        files += [(SHARED[1], name) for name in ("config.json", "tokenizer_config.json", "spiece.model")]
         if any(not isinstance(try_to_load_from_cache(repo, name), str) for repo, name in files):
             raise GenerationError(_offline(self.spec))
 
@@ -148,6 +157,7 @@ class DiffusionKitGenerator:
                         negative_prompt=request.negative_prompt if not spec.flux and guidance > 1 else "")
         with _LOCK:
             limit = mx.get_memory_limit()  # diffusionkit's T5 changes it
+            np_state = np.random.get_state()
             mx.reset_peak_memory()
             tic = time.perf_counter()
             try:
@@ -159,11 +169,15 @@ class DiffusionKitGenerator:
                         latent_size=(drawn.height // 8, drawn.width // 8), seed=drawn.seed, verbose=False)
             except BaseException as e:  # the pipeline is left half-swapped: build a new one next time
                 _drop()
-                if not isinstance(e, Exception):
+                if isinstance(e, (Stopped, GenerationError)) or not isinstance(e, Exception):
                     raise
                 raise GenerationError(_explain(e, spec)) from e
             finally:
                 mx.set_memory_limit(limit)
+                # diffusionkit seeded the global RNGs with the picture's seed; don't let that
+                # decide what the chat samples next
+                np.random.set_state(np_state)
+                mx.random.seed(random.SystemRandom().getrandbits(31))
             seconds, peak = time.perf_counter() - tic, mx.get_peak_memory() / 1e9
             if not self.keep:
                 _drop()

@@ -82,11 +82,17 @@ def _device_info():
     return info
 
 
+EXPECTED_EXTRA = ("attn.k_proj.bias", "position_ids")  # BFL's fused-qkv k bias; an old CLIP buffer
+
+
 def _lenient_update(self, parameters: dict, strict: bool = True):
     ours = dict(tree_flatten(self.parameters()))
     extra = [k for k, _ in tree_flatten(parameters) if k not in ours]
-    if extra:
-        log.info("%s: ignored %d checkpoint tensors: %s", type(self).__name__, len(extra), ", ".join(extra[:8]))
+    odd = [k for k in extra if not k.endswith(EXPECTED_EXTRA)]
+    if odd:  # not seen in the layouts we know: worth a look
+        log.warning("%s: ignored %d unexpected checkpoint tensors: %s", type(self).__name__, len(odd), ", ".join(odd[:8]))
+    if len(extra) > len(odd):
+        log.info("%s: ignored %d known extra tensors", type(self).__name__, len(extra) - len(odd))
     return nn.Module.update(self, parameters, strict=False)
 
 
@@ -112,7 +118,7 @@ def apply():
         device_info=_device_info,
         get_peak_memory=mx.get_peak_memory,
         get_active_memory=mx.get_active_memory,
-        reset_peak_memory=mx.reset_peak_memory,
+        reset_peak_memory=lambda: None,  # the caller measures the whole picture (and mlx-lm its reply)
         set_memory_limit=mx.set_memory_limit,
     )
     proxy = _Proxy(mx, fast=_Proxy(mx.fast, scaled_dot_product_attention=_sdpa), metal=metal)

@@ -230,7 +230,7 @@ def main(argv=None):
                      help="flux-schnell (default, 4 steps), flux-schnell-4bit or sd3-medium")
     gen.add_argument("--gen-size", default="1024", help="N or WIDTHxHEIGHT, multiples of 16 (default 1024)")
     gen.add_argument("--gen-steps", type=int, help="denoising steps (default: 4 for FLUX, 50 for SD3)")
-    gen.add_argument("--gen-guidance", type=float, help="guidance (default: 0 for FLUX, 5 for SD3)")
+    gen.add_argument("--gen-guidance", type=float, help="guidance for SD3 (default 5; FLUX.1-schnell takes none)")
     gen.add_argument("--gen-seed", type=int, help="seed for the picture (default: random, printed)")
     gen.add_argument("--output-image", help="PNG to write (default: the next free mgm-image-NNN.png here)")
     args = parser.parse_args(argv)

@@ -34,6 +34,13 @@ class GenerationError(Exception):
     """A picture could not be made; the message says what to do."""
 
 
+class Stopped(Exception):
+    """Raised by a progress callback to stop a picture between steps (not an error)."""
+
+    def __str__(self):
+        return "stopped"
+
+
 @dataclass
 class ImageRequest:
     prompt: str
@@ -157,6 +164,9 @@ def save_png(image, path: str | Path | None = None) -> Path:
     path = Path(path) if path is not None else next_image_path()
     check_output(path)
     fd, tmp = tempfile.mkstemp(suffix=".png", prefix=".partial-", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # as a plain new file would be, not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG")

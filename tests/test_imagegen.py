@@ -169,9 +169,30 @@ def test_patches_stay_inside_diffusionkit(dk):
     import mlx.core as mx
     from diffusionkit.mlx import mmdit, t5
 
-    assert mmdit.mx is not mx and t5.mx.metal.device_info()["memory_size"] > 0
-    assert mx.fast.scaled_dot_product_attention.__module__ != diffusion.__name__  # mlx-lm sees MLX as it is
-    assert "memory_efficient_threshold" not in repr(mx.fast.scaled_dot_product_attention.__doc__ or "")
+    from mgm_mlx import diffusionkit_compat
+
+    assert mmdit.mx is not mx and mmdit.mx.fast.scaled_dot_product_attention is diffusionkit_compat._sdpa
+    assert t5.mx.metal.device_info()["memory_size"] > 0
+    # mlx-lm and everyone else see MLX as it is
+    assert mx.fast.scaled_dot_product_attention is not diffusionkit_compat._sdpa
+    assert mx.metal.device_info is not t5.mx.metal.device_info
+
+
+def test_flux_takes_no_guidance(offline):
+    offline("flux")
+    with pytest.raises(GenerationError, match="without guidance"):
+        diffusion.DiffusionKitGenerator("flux-schnell").check(ImageRequest("a cat", 64, 64, guidance=3.0))
+
+
+def test_pictures_are_readable_like_any_new_file(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = save_png(Image.new("RGB", (16, 16)), tmp_path / "a.png")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 # ---- the whole --gen command with a tiny MGM checkpoint

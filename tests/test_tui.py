@@ -354,7 +354,7 @@ def test_gen_and_draw_with_a_fake_engine(home, monkeypatch):
         assert app.engine.sent[-1][0] == "a house at night <GEN>"  # as the reference sends it
         assert app.engine.drawn == ["a red house under a yellow sun"]
         picture = str(app.query(".picture").last().render())
-        assert "[picture: mgm-image-001.png]" in picture and "prompt: a red house" in picture
+        assert "[picture: mgm-image-001.png]" in picture and "prompt: a red house" in picture  # the fake's relative path
         assert "seed 42" in status(app) and (home / "mgm-image-001.png").exists()
         saved = json.loads(next((home / "home" / "chats").glob("*.json")).read_text())
         assert saved["turns"][0]["pictures"] == ["mgm-image-001.png"]
@@ -384,6 +384,13 @@ def test_real_engine_draws_with_tiny_diffusionkit(home, offline):
     folder, _ = make_checkpoint(home / "tiny", "gemma")
 
     async def test(app, pilot):
+        app.engine.gen_size = (100, 64)  # not a size FLUX can draw: the turn fails before the reply
+        await say(pilot, "/gen draw a house")
+        await until(pilot, lambda: not app.busy and "reply failed" in status(app), timeout=120)
+        assert any("multiples of 16" in n for n in app.notes) and not app.chat["turns"]
+        assert app.query_one(Prompt).text == "/gen draw a house"  # given back to edit
+        app.query_one(Prompt).text = ""
+        app.engine.gen_size, app.engine.generator = (96, 64), None
         await say(pilot, "/gen draw a house")  # the tiny random LLM writes no <h> block: one clear error
         await until(pilot, lambda: not app.busy and "no picture" in status(app), timeout=120)
         assert any("no <h>...</h> picture prompt" in n for n in app.notes)
@@ -393,5 +400,10 @@ def test_real_engine_draws_with_tiny_diffusionkit(home, offline):
         from PIL import Image
 
         assert Image.open(home / "mgm-image-001.png").size == (96, 64)
+        assert app.chat["turns"][-1]["pictures"] == [str(home / "mgm-image-001.png")]  # absolute
+        app.engine.stop.set()  # Esc pressed while the draw waits in line: nothing drawn, not an error
+        app.engine.submit("draw", app.engine._draw, "a blue dog")
+        await until(pilot, lambda: "drawing stopped" in status(app), timeout=60)
+        assert not (home / "mgm-image-002.png").exists()
 
     run(test, engine=lambda post: MLXEngine(post, str(folder), max_tokens=8, gen_size=(96, 64), image_dir=str(home)))

@@ -17,7 +17,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DirectoryTree, Footer, Markdown, OptionList, Static, TextArea
 
 from ..image import ImageError, load_image
-from ..imagegen import extract_prompt, missing_extra, reply_prompt, with_gen
+from ..imagegen import GEN, extract_prompt, missing_extra, reply_prompt, with_gen
 from . import store
 from .engine import Done, Drawn, Failed, Loaded, Piece, Progress
 
@@ -258,6 +258,10 @@ class ChatApp(App):
         self.busy = False
 
     async def on_failed(self, event: Failed) -> None:
+        if event.what == "draw" and event.error == "stopped":
+            self.set_status("drawing stopped")
+            self.busy = False
+            return
         hint = "; Ctrl+N starts a new chat" if "at most" in event.error else ""
         self.notify(f"{event.what} failed: {event.error}{hint}", severity="error", timeout=8)
         if event.what == "load":
@@ -278,7 +282,8 @@ class ChatApp(App):
                 await self.base.query(".user").last().remove()
                 self.pending = [Path(p) for p in turn["images"]] + self.pending
                 self.show_attachments()
-                self.base.query_one(Prompt).text = turn["user"]
+                user = turn["user"]
+                self.base.query_one(Prompt).text = "/gen " + user[: -len(GEN)] if user.endswith(GEN) else user
             elif event.what == "regenerate" and not self.reply_text.strip():
                 # show the old reply again
                 await self.base.query_one("#transcript").mount(Markdown(self.chat["turns"][-1]["assistant"], classes="assistant"))

@@ -89,11 +89,6 @@ class Worker:
                 self.post(Failed(what, " ".join(str(e).split()) or type(e).__name__))
 
 
-class _Stopped(Exception):
-    def __str__(self):
-        return "stopped"
-
-
 class MLXEngine(Worker):
     """mgm-mlx's Chat behind the worker thread (and the picture generator, when asked)."""
 
@@ -159,6 +154,8 @@ class MLXEngine(Worker):
     def _stream(self, start, draw=False):
         if self.chat is None:
             raise RuntimeError("no model is loaded")
+        if draw:  # what would stop the picture fails the turn now, not after the reply
+            self._generator()
         r, stopped, text = None, False, []
         for r in start(self.chat):
             if self.stop.is_set():
@@ -184,19 +181,29 @@ class MLXEngine(Worker):
                                "/draw draws the reply text itself")
         self._draw(prompt)
 
-    def _draw(self, prompt: str):
-        from mgm_mlx.imagegen import ImageRequest, get_generator, next_image_path, save_png
+    def _generator(self):
+        from mgm_mlx.imagegen import ImageRequest, get_generator
 
         if self.generator is None:
             self.generator = get_generator(model=self.gen_model, keep=self.gen_keep)
+            self.generator.check(ImageRequest("a picture", *self.gen_size))
+        self.generator.check_weights()
+        return self.generator
+
+    def _draw(self, prompt: str):
+        from mgm_mlx.imagegen import ImageRequest, Stopped, next_image_path, save_png
+
+        generator = self._generator()
         width, height = self.gen_size
 
         def step(i, n):
             if self.stop.is_set():
-                raise _Stopped
-            self.post(Progress(f"drawing {width}x{height} with {self.generator.name}: step {i}/{n} (Esc stops)"))
+                raise Stopped
+            self.post(Progress(f"drawing {width}x{height} with {generator.name}: step {i}/{n} (Esc stops)"))
 
-        self.post(Progress(f"drawing {width}x{height} with {self.generator.name}: loading ... (Esc stops)"))
-        picture = self.generator.generate(ImageRequest(prompt, width, height), progress=step)
-        path = save_png(picture.image, next_image_path(self.image_dir))
+        if self.stop.is_set():
+            raise Stopped
+        self.post(Progress(f"drawing {width}x{height} with {generator.name}: loading the model ..."))
+        picture = generator.generate(ImageRequest(prompt, width, height), progress=step)
+        path = save_png(picture.image, next_image_path(self.image_dir)).resolve()  # saved chats find it anywhere
         self.post(Drawn(str(path), picture.request.prompt, picture.seconds, picture.request.seed))
