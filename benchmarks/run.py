@@ -43,7 +43,7 @@ from mgm_mlx.model import Model
 from mgm_mlx.vision import MGMVision, VisionArgs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode import tokenizer_folder  # noqa: E402
+from decode import tokenizer_folder
 
 VISION = dict(image_aspect_ratio="pad", image_size_aux=768, image_grid=1, image_global=False, mm_hidden_size=1024,
               mm_hidden_size_aux=2880, mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
@@ -60,6 +60,15 @@ MODELS = {
                torch_dtype="bfloat16", **VISION),
 }
 HF = {"2b": "gemma", "7b": "llama"}
+PARAMS = {"2b": 3.0e9, "7b": 7.3e9}  # LLM + image path
+
+
+def load_gb(name: str, cfg: str) -> float:
+    """Memory that loading the bf16 checkpoint takes: the weights as loaded plus the bf16
+    source; on a CPU, 4-bit is quantized from a float32 copy (load's CPU default)."""
+    cpu = mx.default_device().type == mx.cpu
+    per_param = {"float32": 6, "float16": 2, "bfloat16": 2, "4bit": 6 if cpu else 2}[cfg]
+    return PARAMS[name] * per_param / 1e9
 
 
 # ---- the machine
@@ -488,14 +497,15 @@ def main():
 
     if not args.child and linux_cpu.enabled() and mx.default_device().type == mx.cpu and not args.no_baseline:
         for name in args.models:
-            checkpoint(workdir, name)
+            if any(load_gb(name, cfg) < 0.8 * m["ram_gb"] for cfg in args.configs):
+                checkpoint(workdir, name)
         results["without_path"] = without_path(args)  # first, while this process holds little memory
 
     results["configs"], vision_done = [], set()
     for name in args.models:
         for cfg in args.configs:
-            if name == "7b" and cfg != "4bit" and m["ram_gb"] < 48:
-                print(f"skipped: MGM-7B {cfg} needs {27 if cfg == 'float32' else 14} GB of weights "
+            if load_gb(name, cfg) > 0.8 * m["ram_gb"]:
+                print(f"skipped: loading MGM-{name.upper()} {cfg} takes about {load_gb(name, cfg):.0f} GB "
                       f"({m['ram_gb']} GB here)", file=sys.stderr)
                 continue
             folder = checkpoint(workdir, name)
@@ -516,8 +526,9 @@ def main():
         else:
             if not args.no_torch:
                 for name in args.models:
-                    if name == "7b" and m["ram_gb"] < 48:
-                        print("skipped: PyTorch MGM-7B in float32 needs 27 GB", file=sys.stderr)
+                    if PARAMS[name] * 6 / 1e9 > 0.8 * m["ram_gb"]:
+                        print(f"skipped: PyTorch MGM-{name.upper()} in float32 takes about "
+                              f"{PARAMS[name] * 6 / 1e9:.0f} GB", file=sys.stderr)
                         continue
                     print(f"PyTorch MGM-{name.upper()} float32 ...", file=sys.stderr)
                     results["torch"].append(bench_torch(checkpoint(workdir, name), name, args))
