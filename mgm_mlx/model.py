@@ -8,7 +8,7 @@ Released checkpoints keep everything under `model.` (`model.layers.*`, `model.mm
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import language
+from . import language, linux_cpu
 from .vision import MGMVision, load_strict, rename
 
 
@@ -76,7 +76,8 @@ class Model(nn.Module):
     def quantize(self, group_size: int = 64, bits: int = 4, weights: dict | None = None):
         """Quantize the LLM (embeddings and lm_head too, as mlx-lm does); the image path stays.
 
-        With `weights` (a converted folder), exactly the layers that have scales there."""
+        With `weights` (a converted folder), exactly the layers that have scales there. On a
+        Linux CPU, prefill through the quantized layers takes a BLAS route (linux_cpu.py)."""
 
         def predicate(path, module):
             if not hasattr(module, "to_quantized"):
@@ -86,6 +87,7 @@ class Model(nn.Module):
             return module.weight.shape[-1] % group_size == 0
 
         nn.quantize(self.language_model, group_size, bits, class_predicate=predicate)
+        linux_cpu.route_quantized_prefill(self.language_model)
 
     def load(self, weights: dict, dtype=None, vision_dtype=None):
         """Load sanitized weights strictly (every tensor present, every shape as configured)."""

@@ -181,8 +181,9 @@ def to_mgm_state_dict(clip_model, trunk, m):
     return sd
 
 
-def from_mgm_state_dict(sd):
-    clip_model, trunk, m = build_tiny()
+def from_mgm_state_dict(sd, modules=None):
+    """Torch modules (the tiny ones, or `modules` of the same kind) holding the weights of `sd`."""
+    clip_model, trunk, m = modules or build_tiny()
     clip_model.load_state_dict({k[len(CLIP_PREFIX):]: v for k, v in sd.items() if k.startswith(CLIP_PREFIX)})
     trunk.load_state_dict({k[len("model.vision_tower_aux.vision_"):]: v for k, v in sd.items()
                            if k.startswith("model.vision_tower_aux.")}, strict=False)
