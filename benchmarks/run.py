@@ -64,10 +64,11 @@ PARAMS = {"2b": 3.0e9, "7b": 7.3e9}  # LLM + image path
 
 
 def load_gb(name: str, cfg: str) -> float:
-    """Memory that loading the bf16 checkpoint takes: the weights as loaded plus the bf16
-    source; on a CPU, 4-bit is quantized from a float32 copy (load's CPU default)."""
+    """Memory that loading the bf16 checkpoint takes: about the weights as loaded (load
+    evaluates one tensor at a time and quantizes from the stored bf16), with some margin;
+    on a CPU the image path is float32 whatever the LLM is."""
     cpu = mx.default_device().type == mx.cpu
-    per_param = {"float32": 6, "float16": 2, "bfloat16": 2, "4bit": 6 if cpu else 2}[cfg]
+    per_param = {"float32": 4.4, "float16": 2.2, "bfloat16": 2.2, "4bit": 1.2 if cpu else 0.8}[cfg]
     return PARAMS[name] * per_param / 1e9
 
 

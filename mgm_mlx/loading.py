@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from .model import Model
 from .prompt import Processor
@@ -170,6 +171,7 @@ def load(
     weights.update(extra)
     if overrides:
         config = {**config, "mm_vision_config": {**config.get("mm_vision_config", {}), **overrides}}
+    cast_first = dtype is not None  # asked for: quantize from that dtype (as convert --dtype does)
     if mx.default_device().type == mx.cpu:
         dtype = dtype or mx.float32
         vision_dtype = vision_dtype or mx.float32
@@ -178,11 +180,21 @@ def load(
     if "quantization" in config:
         q = config["quantization"]
         model.quantize(q["group_size"], q["bits"], weights=weights)
-    model.load(weights, dtype=dtype, vision_dtype=vision_dtype)
-    if quantize_bits and not stored:
+    if quantize_bits and not stored and not cast_first:
+        # quantize from the stored dtype (as convert does by default): the CPU's float32 copy
+        # of the whole LLM first would need 4 bytes a weight (27 GB for a 7B), thrown away after
+        model.load(weights, dtype=None, vision_dtype=vision_dtype)
         model.quantize(group_size, quantize_bits)
+        if dtype is not None:  # norms, scales and biases (on a CPU: float32, the fast kernels)
+            model.language_model.apply(lambda x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) else x)
+    else:
+        model.load(weights, dtype=dtype, vision_dtype=vision_dtype)
+        if quantize_bits and not stored:
+            model.quantize(group_size, quantize_bits)
+    del weights, extra  # the model holds all it needs: each source tensor goes once used
     if not lazy:
-        mx.eval(model.parameters())
+        for _, value in tree_flatten(model.parameters()):  # one at a time keeps the peak low
+            mx.eval(value)
     return model, Processor.from_folder(path, config, model.vision.args.image_size_aux, template)
 
 

@@ -111,6 +111,17 @@ def test_float32_round_trip_image_tokens(ckpts, tmp_path):
     assert np.array_equal(np.array(raw.vision(pixels)), np.array(converted.vision(pixels)))
 
 
+def test_quantizing_at_load_starts_from_the_stored_dtype(ckpts, tmp_path):
+    """No float32 copy of the LLM on the way (27 GB for a 7B on a CPU): quantize_bits alone
+    quantizes the bf16 weights as convert -q does, then computes as load does (float32 on a CPU)."""
+    out = _convert(ckpts, "gemma", tmp_path / "q", quantize=True, q_bits=4)
+    converted, _ = mgm_mlx.load(out)
+    in_memory, _ = _load(ckpts, "gemma", vision_dtype=mx.float16, quantize_bits=4)
+    a, b = _params(in_memory), _params(converted)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a if k.startswith("language_model."))
+    assert in_memory.language_model.model.norm.weight.dtype == converted.language_model.model.norm.weight.dtype
+
+
 @pytest.mark.parametrize("name", ["gemma", "mixtral"])
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantized_round_trip(ckpts, name, bits, tmp_path):
