@@ -20,15 +20,14 @@ def main(argv=None):
                      help="keep the diffusion model in memory between pictures (faster, needs more memory)")
     args = parser.parse_args(argv)
 
-    from .diffusion import MAX_SIDE, MIN_SIDE, MODELS
+    from .diffusion import MODELS, check_size
     from .imagegen import GenerationError, parse_size
 
     try:  # checked here: the app would only find out at the first picture
         size = parse_size(args.gen_size)
         if args.gen_model not in MODELS:
             raise GenerationError(f"unknown image model {args.gen_model!r}; choose from {', '.join(MODELS)}")
-        if size[0] % 16 or size[1] % 16 or min(size) < MIN_SIDE or max(size) > MAX_SIDE:
-            raise GenerationError(f"picture sizes are multiples of 16 from {MIN_SIDE} to {MAX_SIDE}; not {args.gen_size}")
+        check_size(MODELS[args.gen_model].title, *size)
     except GenerationError as e:
         sys.exit(f"error: {e}")
 

@@ -53,6 +53,12 @@ def _diffusionkit():
     return dk
 
 
+def check_size(name: str, width: int, height: int, max_side: int = MAX_SIDE):
+    if width % 16 or height % 16 or min(width, height) < MIN_SIDE or max(width, height) > max_side:
+        raise GenerationError(f"{name} draws sizes that are multiples of 16 from {MIN_SIDE} to "
+                              f"{max_side} pixels a side; {width}x{height} is not one")
+
+
 def _drop():
     global _PIPELINE
     _PIPELINE = None
@@ -99,10 +105,7 @@ class DiffusionKitGenerator:
         self._dk = _diffusionkit()  # a missing extra fails here, before any work
 
     def check(self, request: ImageRequest) -> None:
-        w, h = request.width, request.height
-        if w % 16 or h % 16 or min(w, h) < MIN_SIDE or max(w, h) > self._max_side():
-            raise GenerationError(f"{self.name} draws sizes that are multiples of 16 from {MIN_SIDE} to "
-                                  f"{self._max_side()} pixels a side; {w}x{h} is not one")
+        check_size(self.name, request.width, request.height, self._max_side())
         if request.steps is not None and request.steps < 1:
             raise GenerationError("the number of steps must be at least 1")
         if not self.spec.flux and request.guidance is not None and request.guidance <= 0:

@@ -274,3 +274,12 @@ def test_gen_offline_without_the_weights_fails_before_the_model_loads(offline, t
     code, _, err = _run(["--model", str(tmp_path / "never-loaded"), "--prompt", "Draw", "--gen"], capsys)
     assert code == 1 and "FLUX.1-schnell weights are not in the Hugging Face cache" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_chat_app_picture_options_are_checked_at_start():
+    from mgm_mlx.chat import main as chat_main
+
+    for args, words in ((["--gen-size", "1000"], "multiples of 16"), (["--gen-model", "dalle"], "unknown image model")):
+        with pytest.raises(SystemExit) as e:
+            chat_main(["--model", "never-loaded", *args])
+        assert str(e.value).startswith("error: ") and words in str(e.value)
