@@ -20,14 +20,12 @@ def main(argv=None):
                      help="keep the diffusion model in memory between pictures (faster, needs more memory)")
     args = parser.parse_args(argv)
 
-    from .diffusion import MODELS, check_size
+    from .diffusion import check_size, spec
     from .imagegen import GenerationError, parse_size
 
     try:  # checked here: the app would only find out at the first picture
         size = parse_size(args.gen_size)
-        if args.gen_model not in MODELS:
-            raise GenerationError(f"unknown image model {args.gen_model!r}; choose from {', '.join(MODELS)}")
-        check_size(MODELS[args.gen_model].title, *size)
+        check_size(spec(args.gen_model).title, *size)
     except GenerationError as e:
         sys.exit(f"error: {e}")
 

@@ -53,6 +53,12 @@ def _diffusionkit():
     return dk
 
 
+def spec(model: str) -> Spec:
+    if model not in MODELS:
+        raise GenerationError(f"unknown image model {model!r}; choose from {', '.join(MODELS)}")
+    return MODELS[model]
+
+
 def check_size(name: str, width: int, height: int, max_side: int = MAX_SIDE):
     if width % 16 or height % 16 or min(width, height) < MIN_SIDE or max(width, height) > max_side:
         raise GenerationError(f"{name} draws sizes that are multiples of 16 from {MIN_SIDE} to "
@@ -96,9 +102,7 @@ class DiffusionKitGenerator:
     """
 
     def __init__(self, model: str = "flux-schnell", keep: bool = False, half: bool | None = None):
-        if model not in MODELS:
-            raise GenerationError(f"unknown image model {model!r}; choose from {', '.join(MODELS)}")
-        self.spec = MODELS[model]
+        self.spec = spec(model)
         self.name = self.spec.title
         self.keep = keep
         self.half = mx.default_device() == mx.gpu if half is None else half
