@@ -6,18 +6,25 @@ memory stays near the size of the weights.
 
 import json
 import re
+import stat
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from . import language
 from .model import Model
-from .prompt import Processor
+from .prompt import TOKENIZER_FILES, Processor
 from .vision import MGMVision, load_strict
 
-# What a download fetches: no training_args.bin, no optimizer state.
-ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
+WEIGHT_INDEX = "model.safetensors.index.json"
+# What a download fetches: exactly what the loader reads. No code (*.py), no pickles
+# (*.bin, *.pt), no training state.
+ALLOW_PATTERNS = ["config.json", WEIGHT_INDEX, "*.safetensors", *TOKENIZER_FILES]
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+MAX_JSON_BYTES = 64 << 20  # a config or an index is kilobytes; tokenizer.json a few MB
+# torch.load(weights_only=True) can be bypassed before 2.6 (CVE-2025-32434).
+MIN_TORCH = (2, 6)
 
 
 def resolve(path_or_repo) -> Path:
@@ -54,25 +61,60 @@ def load_config(path) -> dict:
 
 
 def _read_json(file: Path):
+    file = model_file(file.parent, file.name)
+    if file.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{file} is too large for a JSON settings file")
     try:
         return json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read {file} ({e.__class__.__name__})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{file} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{file} is nested too deeply to be a settings file") from None
+
+
+def model_file(folder: Path, name: str) -> Path:
+    """`name` in `folder` as a regular file that stays inside the folder, else one clear line.
+
+    Names read from files (an index) must be plain names; a symlink may point only inside
+    the folder or, in a Hugging Face cache snapshot, into that repo's blobs/. FIFOs and
+    devices are refused (reading a FIFO would wait forever)."""
+    if not name or name != Path(name).name or name in (".", ".."):
+        raise ValueError(f"{folder} names the file {name!r}; only plain file names inside the folder are read")
+    path = folder / name
+    real = path.resolve()
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":  # huggingface_hub links snapshot files to ../../blobs/
+        roots.append(folder.parent.parent.resolve() / "blobs")
+    if not any(real.is_relative_to(root) for root in roots):
+        raise ValueError(f"{path} links outside the model folder; refusing to read it (link the whole folder instead)")
+    try:
+        mode = real.stat().st_mode
+    except OSError:
+        raise FileNotFoundError(f"{name} is missing in {folder}") from None  # or a dangling link
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path} is not a regular file")
+    return path
 
 
 def read_tensors(file: Path) -> dict:
     """One weight file: safetensors through mx.load; a pickle only via torch.load(weights_only)."""
+    file = model_file(file.parent, file.name)
     if file.suffix == ".safetensors":
         try:
             return mx.load(str(file))
         except Exception as e:
             raise ValueError(f"cannot read {file.name}: it is truncated or not safetensors ({e})") from None
+    how = ("convert it to safetensors first (in Python with torch: "
+           "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors'))")
     try:
         import torch
     except ImportError:
-        raise ValueError(f"{file.name} is a PyTorch pickle; install torch to read it, or use safetensors") from None
+        raise ValueError(f"{file.name} is a PyTorch pickle; install torch>=2.6 to read it, or {how}") from None
+    if _version(torch.__version__) < MIN_TORCH:
+        raise ValueError(f"{file.name} is a PyTorch pickle and torch {torch.__version__} cannot read one safely "
+                         f"(2.6 or later can); upgrade torch or {how}")
     try:
         state = torch.load(str(file), map_location="cpu", weights_only=True)
     except Exception as e:
@@ -81,22 +123,27 @@ def read_tensors(file: Path) -> dict:
     return {k: mx.array(v.float().numpy()).astype(dtypes.get(v.dtype, mx.float32)) for k, v in state.items()}
 
 
+def _version(text: str) -> tuple:
+    return tuple(int(m.group()) if (m := re.match(r"\d+", p)) else 0 for p in text.split(".")[:2])
+
+
 def weight_files(path) -> list:
-    """Shards named by the index, else every *.safetensors, else the pickle shards."""
+    """The safetensors shards named by the index, else every *.safetensors; PyTorch pickles
+    (pytorch_model*.bin) only when the folder has no safetensors at all."""
     path = Path(path)
-    for index, pattern in (("model.safetensors.index.json", "*.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model*.bin")):
-        if (path / index).exists():
-            weight_map = _read_json(path / index)
-            if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
-                raise ValueError(f"{path / index} has no weight_map")
-            names = sorted(set(weight_map["weight_map"].values()))
-            missing = [n for n in names if not (path / n).exists()]
-            if missing:
-                raise FileNotFoundError(f"shard {missing[0]} named by {index} is missing in {path}")
-            return [path / n for n in names]
+    if (path / WEIGHT_INDEX).exists():
+        weight_map = _read_json(path / WEIGHT_INDEX)
+        if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
+            raise ValueError(f"{path / WEIGHT_INDEX} has no weight_map")
+        names = sorted({str(n) for n in weight_map["weight_map"].values()})
+        for name in names:
+            if not name.endswith(".safetensors"):
+                raise ValueError(f"{WEIGHT_INDEX} in {path} names {name!r}; only .safetensors files are read")
+        return [model_file(path, name) for name in names]
+    for pattern in ("*.safetensors", "pytorch_model*.bin"):
         files = sorted(path.glob(pattern))
         if files:
-            return files
+            return [model_file(path, f.name) for f in files]
     raise FileNotFoundError(f"no weights (*.safetensors) in {path}")
 
 
@@ -160,17 +207,22 @@ def load(
     """
     path = resolve(path_or_repo)
     config = load_config(path)
-    stored = config.get("quantization")
+    stored = check_quantization(config.get("quantization"))
     if quantize_bits and stored and stored["bits"] != quantize_bits:  # say so before loading anything
         raise ValueError(f"{path} is already quantized to {stored['bits']} bits")
     weights = load_weights(path)
+    # sizes against the weights' shapes (read from the file headers) before anything is built
+    try:
+        language.check(config, {k.removeprefix("language_model."): v.shape for k, v in weights.items()})
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     extra, overrides = tower_weights(
         vision_tower if not _has(weights, "vision_tower.vision_tower.", "vision.vision_tower.") else None,
         vision_tower_aux if not _has(weights, "vision_tower_aux.", "vision.vision_tower_aux.") else None,
     )
     weights.update(extra)
     if overrides:
-        config = {**config, "mm_vision_config": {**config.get("mm_vision_config", {}), **overrides}}
+        config = {**config, "mm_vision_config": {**(config.get("mm_vision_config") or {}), **overrides}}
     cast_first = dtype is not None  # asked for: quantize from that dtype (as convert --dtype does)
     if mx.default_device().type == mx.cpu:
         dtype = dtype or mx.float32
@@ -193,9 +245,34 @@ def load(
             model.quantize(group_size, quantize_bits)
     del weights, extra  # the model holds all it needs: each source tensor goes once used
     if not lazy:
-        for _, value in tree_flatten(model.parameters()):  # one at a time keeps the peak low
-            mx.eval(value)
+        evaluate(model)
     return model, Processor.from_folder(path, config, model.vision.args.image_size_aux, template)
+
+
+def check_quantization(q) -> dict | None:
+    """config["quantization"] as mlx-lm writes it: {"group_size": int, "bits": int, ...}."""
+    if q is None:
+        return None
+    if not isinstance(q, dict) or not all(isinstance(q.get(k), int) and not isinstance(q.get(k), bool)
+                                          for k in ("bits", "group_size")):
+        raise ValueError(f"config quantization={q!r:.60} should be an object with integer bits and group_size")
+    if q["bits"] not in (2, 3, 4, 5, 6, 8) or q["group_size"] not in (32, 64, 128):
+        raise ValueError(f"config quantization has bits={q['bits']}, group_size={q['group_size']}; "
+                         "MLX quantizes to 2-8 bits in groups of 32, 64 or 128")
+    return q
+
+
+def evaluate(model):
+    """Evaluate the parameters one at a time (keeps the peak low) and refuse NaN or infinite
+    values by name: a broken checkpoint would otherwise answer <unk><unk>... and exit 0."""
+    for name, value in tree_flatten(model.parameters()):
+        if mx.issubdtype(value.dtype, mx.floating):
+            finite = mx.all(mx.isfinite(value))
+            mx.eval(value, finite)
+            if not finite.item():
+                raise ValueError(f"the weights hold NaN or infinite values ({name})")
+        else:
+            mx.eval(value)
 
 
 def _has(weights: dict, *infixes) -> bool:
