@@ -5,10 +5,14 @@ Released configs name the class (architectures) and a model_type that is either 
 """
 
 import importlib
+import re
+from dataclasses import MISSING, fields
 
 import mlx.nn as nn
 from mlx_lm.models import gemma
 from mlx_lm.models.base import create_attention_mask
+
+from .config import checked, expect
 
 # MGM class / model_type -> mlx_lm.models module
 ARCHITECTURES = {
@@ -62,6 +66,50 @@ class Gemma(gemma.Model):
         for layer, c in zip(m.layers, cache):
             h = layer(h, mask, c)
         return m.embed_tokens.as_linear(m.norm(h))
+
+
+def check(config: dict, shapes: dict) -> None:
+    """Refuse an LLM config that is malformed or that its weights contradict, before anything
+    is built (num_hidden_layers: 1000000 would build a million layers first).
+
+    shapes: LLM tensor name (Hugging Face / mlx-lm layout, `model.layers.0...`) -> shape."""
+    name = family(config)
+    args_class = importlib.import_module(f"mlx_lm.models.{name}").ModelArgs
+    layers = {int(m.group(1)) for k in shapes if (m := re.match(r"model\.layers\.(\d+)\.", k))}
+    if not layers or "model.embed_tokens.weight" not in shapes:
+        raise ValueError("the checkpoint has no LLM weights (model.layers.*): it holds only the image path "
+                         "(load that with mgm_mlx.load_vision, as examples/encode_image.py does)")
+    embed = shapes["model.embed_tokens.weight"]
+    checked(args_class, config)
+    for f in fields(args_class):
+        if f.default is MISSING and f.default_factory is MISSING and config.get(f.name) is None:
+            raise ValueError(f"config.json lacks {f.name}, which a {name} LLM needs")
+    expect(config, "vocab_size", embed[0], "rows of model.embed_tokens")
+    hidden = shapes.get("model.norm.weight", (config["hidden_size"],))[0]
+    expect(config, "hidden_size", hidden, "width of model.norm")
+    expect(config, "num_hidden_layers", len(layers), "layers in the weights")
+    if layers != set(range(len(layers))):
+        raise ValueError(f"the weights skip layer {min(set(range(len(layers))) - layers)}")
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    attention = "model.layers.0.self_attn."
+    if attention + "q_proj.weight" in shapes:
+        expect(config, "num_attention_heads", shapes[attention + "q_proj.weight"][0] // head_dim,
+               f"q_proj rows / head size {head_dim}")
+        kv = shapes[attention + "k_proj.weight"][0] // head_dim if attention + "k_proj.weight" in shapes else heads
+        expect(config, "num_key_value_heads", kv, f"k_proj rows / head size {head_dim}")
+    mlp = {k[len("model.layers.0."):]: v for k, v in shapes.items() if k.startswith("model.layers.0.")}
+    if "mlp.gate_proj.weight" in mlp:
+        expect(config, "intermediate_size", mlp["mlp.gate_proj.weight"][0], "rows of mlp.gate_proj")
+    if "block_sparse_moe.switch_mlp.gate_proj.weight" in mlp:  # converted: experts stacked
+        experts, inner = mlp["block_sparse_moe.switch_mlp.gate_proj.weight"][:2]
+    else:  # released: one tensor per expert
+        found = {int(m.group(1)) for k in mlp if (m := re.match(r"block_sparse_moe\.experts\.(\d+)\.w1\.weight", k))}
+        experts = len(found) or None
+        inner = mlp.get("block_sparse_moe.experts.0.w1.weight", (None,))[0]
+    if experts:
+        expect(config, "num_local_experts", experts, "experts in the weights")
+        expect(config, "intermediate_size", inner, "rows of the experts' w1")
 
 
 def build(config: dict) -> nn.Module:

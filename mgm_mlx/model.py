@@ -7,6 +7,7 @@ Released checkpoints keep everything under `model.` (`model.layers.*`, `model.mm
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from . import language, linux_cpu
 from .vision import MGMVision, load_strict, rename
@@ -22,10 +23,9 @@ class Model(nn.Module):
     @classmethod
     def from_weights(cls, config: dict, weights: dict):
         """Build from a config and raw or converted weights (tower sizes come from the weights)."""
-        llm = language.build(config)
         vision_weights = {k[len("vision.") :] if k.startswith("vision.") else k: v for k, v in weights.items()}
-        vision = MGMVision.from_weights(config, vision_weights)
-        return cls(config, vision, llm)
+        vision = MGMVision.from_weights(config, vision_weights)  # first: checks the image-path config
+        return cls(config, vision, language.build(config))
 
     @property
     def max_length(self) -> int:
@@ -92,7 +92,11 @@ class Model(nn.Module):
     def load(self, weights: dict, dtype=None, vision_dtype=None):
         """Load sanitized weights strictly (every tensor present, every shape as configured)."""
         cast = {}
+        expected = dict(tree_flatten(self.parameters()))
         for key, value in weights.items():
+            if key in expected and mx.issubdtype(expected[key].dtype, mx.floating) != mx.issubdtype(value.dtype, mx.floating):
+                raise ValueError(f"the weight {key} is {str(value.dtype).split('.')[-1]}; "
+                                 f"it should be {str(expected[key].dtype).split('.')[-1]}")
             target = vision_dtype if key.startswith("vision.") else dtype
             if target is not None and mx.issubdtype(value.dtype, mx.floating):
                 value = value.astype(target)

@@ -5,13 +5,14 @@ view, tokens in the order [global, tile00, tile01, tile10, tile11] (5 x 576 = 28
 """
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from . import clip, convnext, mining
+from .config import checked
 from .image import lowres_views, resize_bilinear, split_grid
 
 # Checkpoint key prefixes (after "model.") that belong to the image path.
@@ -40,16 +41,7 @@ class VisionArgs:
 
     @classmethod
     def from_dict(cls, config: dict):
-        args = {}
-        for f in fields(cls):
-            value = config.get(f.name)
-            if value is None:
-                continue
-            kind = type(f.default)
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                raise ValueError(f"config {f.name}={value!r} should be {kind.__name__}")
-            args[f.name] = value
-        return cls(**args)
+        return cls(**checked(cls, config))
 
 
 def rename(key: str) -> str:
@@ -106,11 +98,20 @@ class MGMVision(nn.Module):
             if key not in w:
                 raise ValueError(f"the checkpoint has no {part} weights ({prefix}*){hint}")
         args = VisionArgs.from_dict(config)
-        overrides = {**config.get("mm_vision_config", {}), "select_layer": args.mm_vision_select_layer}
+        sections = {}
+        for name, kind in (("mm_vision_config", clip.VisionConfig), ("mm_vision_aux_config", convnext.ConvNeXtConfig)):
+            section = config.get(name) or {}
+            if not isinstance(section, dict):
+                raise ValueError(f"config {name} should be an object")
+            sections[name] = checked(kind, section, f"config {name}", strict=True)
+        overrides = {**sections["mm_vision_config"], "select_layer": args.mm_vision_select_layer}
         clip_config = clip.VisionConfig.from_weights(w, prefix="vision_tower.vision_model.", **overrides)
         convnext_config = convnext.ConvNeXtConfig.from_weights(w, prefix="vision_tower_aux.")
-        for k, v in config.get("mm_vision_aux_config", {}).items():
+        for k, v in sections["mm_vision_aux_config"].items():
             setattr(convnext_config, k, v)
+        if not -clip_config.num_hidden_layers <= args.mm_vision_select_layer <= clip_config.num_hidden_layers:
+            raise ValueError(f"config mm_vision_select_layer={args.mm_vision_select_layer} is outside the "
+                             f"{clip_config.num_hidden_layers} CLIP layers")
         first = "mm_projector.weight" if "mm_projector.weight" in w else "mm_projector.0.weight"
         for name, expected in (("mm_hidden_size", clip_config.hidden_size), ("mm_hidden_size_aux", convnext_config.hidden_size)):
             if config.get(name, expected) != expected:
