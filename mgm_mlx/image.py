@@ -6,6 +6,7 @@ tensor with a bilinear resize. `preprocess` does the first part; `lowres_views` 
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import mlx.core as mx
@@ -19,6 +20,10 @@ PAD_COLOR = tuple(int(m * 255) for m in CLIP_MEAN)
 # A padded canvas larger than this is shrunk first (the reference would pad a
 # 100000x40 strip to 100000x100000 pixels and run out of memory).
 MAX_CANVAS_SIDE = 10240
+# Files are decoded to at most this many pixels (a 140 KB PNG can say 12000x12000, 2 GB
+# decoded). JPEGs over it are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling),
+# so a JPEG of up to 64x this still reads; anything else over it is refused.
+MAX_PIXELS = 64_000_000
 
 
 class ImageError(ValueError):
@@ -52,8 +57,13 @@ def _open(path: Path) -> Image.Image:
     if path.stat().st_size == 0:
         raise ImageError(f"{path} is empty (0 bytes)")
     try:
-        image = Image.open(path)
-        image.load()
+        with warnings.catch_warnings():  # the size is checked here, against MAX_PIXELS
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)  # reads the header only
+            _limit_pixels(image, path)
+            image.load()
+    except ImageError:
+        raise
     except Image.DecompressionBombError:
         raise ImageError(f"{path} has too many pixels to load safely") from None
     except UnidentifiedImageError:
@@ -61,6 +71,20 @@ def _open(path: Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path} is damaged or truncated ({e})") from None
     return image
+
+
+def _limit_pixels(image: Image.Image, name) -> None:
+    """Decode at most MAX_PIXELS: shrink a large JPEG while decoding, refuse other formats."""
+    w, h = image.size
+    if w * h <= MAX_PIXELS:
+        return
+    if image.format == "JPEG":
+        for scale in (2, 4, 8):
+            if (-(-w // scale)) * (-(-h // scale)) <= MAX_PIXELS:
+                image.draft(image.mode, (-(-w // scale), -(-h // scale)))
+                return
+    raise ImageError(f"{name} is {w}x{h} pixels; mgm-mlx reads images of up to {MAX_PIXELS // 1_000_000} "
+                     f"megapixels ({64 * MAX_PIXELS // 1_000_000} for JPEG); shrink it first")
 
 
 def _from_array(a: np.ndarray) -> Image.Image:
