@@ -4,14 +4,19 @@
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 import mgm_mlx
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", required=True, help="a converted folder, a released folder or a repo id")
-parser.add_argument("--image", default="examples/house.png")
+parser.add_argument("--image", default=str(Path(__file__).with_name("house.png")))
 parser.add_argument("question", nargs="?", default="What is in the picture?")
 args = parser.parse_args()
 
-model, processor = mgm_mlx.load(args.model)
-mgm_mlx.generate(model, processor, args.question, [args.image], max_tokens=200, verbose=True)
+try:
+    model, processor = mgm_mlx.load(args.model)
+    mgm_mlx.generate(model, processor, args.question, [args.image], max_tokens=200, verbose=True)
+except (FileNotFoundError, ValueError, OSError) as e:  # mgm_mlx.ImageError is a ValueError
+    sys.exit(f"error: {e}")

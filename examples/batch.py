@@ -4,17 +4,21 @@
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 import mgm_mlx
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", required=True)
-parser.add_argument("--folder", default="examples")
+parser.add_argument("--folder", default=str(Path(__file__).parent))
 parser.add_argument("question", nargs="?", default="Describe the picture in one sentence.")
 args = parser.parse_args()
 
-model, processor = mgm_mlx.load(args.model)
+try:
+    model, processor = mgm_mlx.load(args.model)
+except (FileNotFoundError, ValueError, OSError) as e:
+    sys.exit(f"error: {e}")
 suffixes = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 for path in sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in suffixes):
     try:

@@ -4,15 +4,20 @@
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 import mgm_mlx
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", required=True)
-parser.add_argument("--image", default="examples/house.png")
+parser.add_argument("--image", default=str(Path(__file__).with_name("house.png")))
 args = parser.parse_args()
 
-model, processor = mgm_mlx.load(args.model)
+try:
+    model, processor = mgm_mlx.load(args.model)
+except (FileNotFoundError, ValueError, OSError) as e:
+    sys.exit(f"error: {e}")
 chat = mgm_mlx.Chat(model, processor)
 images = [args.image]
 print("Ask about the picture; an empty line quits, /new starts over.")

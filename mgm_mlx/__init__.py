@@ -24,14 +24,14 @@ if (_checkout / "convert" / "__init__.py").exists() and not (Path(__file__).pare
     __path__.append(str(_checkout))
 
 
+
 def __getattr__(name):
     # Imported on first use, so `python -m mgm_mlx.generate` does not find its own module
-    # already loaded; the function then takes the name over from the submodule (as mlx-lm).
+    # already loaded. `mgm_mlx.generate` is that module, which is callable as the function.
     if name in ("generate", "stream_generate", "Chat"):
         import importlib
 
         module = importlib.import_module(".generate", __name__)  # not `from . import`: that asks us again
-
-        globals().update(generate=module.generate, stream_generate=module.stream_generate, Chat=module.Chat)
+        globals().update(generate=module, stream_generate=module.stream_generate, Chat=module.Chat)
         return globals()[name]
     raise AttributeError(f"module 'mgm_mlx' has no attribute {name!r}")

@@ -10,8 +10,10 @@ picture prompt inside <h>...</h>, which a diffusion model draws (imagegen.py, di
 import argparse
 import gc
 import os
+import re
 import sys
 import time
+import types
 from dataclasses import dataclass, field, replace
 
 import mlx.core as mx
@@ -55,6 +57,7 @@ class Chat:
         self.template = template or processor.template
         if self.template not in TEMPLATES:
             raise ValueError(f"unknown template {self.template!r}; choose from {', '.join(TEMPLATES)}")
+        system = None if system is None else valid_text(system)
         system_text(self.template, system)  # refuse a system prompt the template cannot take
         self.system = system
         tokenizer = processor.tokenizer
@@ -74,6 +77,8 @@ class Chat:
     def stream(self, text: str, images=(), max_tokens: int = 256, temp: float = 0.0,
                top_p: float = 1.0, seed: int | None = None, max_kv_size: int | None = None):
         """Send a user turn; yields Response pieces of the reply."""
+        check_sampling(max_tokens, temp, top_p, seed)
+        text = valid_text(text)
         if seed is not None:
             mx.random.seed(seed)
         if isinstance(images, (str, os.PathLike, np.ndarray, PILImage.Image)):
@@ -90,6 +95,7 @@ class Chat:
         """Answer the last user turn again (its images stay encoded)."""
         if len(self.messages) < 2:
             raise ValueError("there is no reply to regenerate")
+        check_sampling(max_tokens, temp, top_p, seed)
         if seed is not None:
             mx.random.seed(seed)
         yield from self._reply(self.messages[:-1], self.images, 0, {}, max_tokens, temp, top_p, max_kv_size)
@@ -100,6 +106,10 @@ class Chat:
         self.messages = self.messages + [(IMAGE + "\n") * len(images) + text, answer]
 
     def _reply(self, messages, images_all, image_tokens, vision_ms, max_tokens, temp, top_p, max_kv_size):
+        chars = sum(len(m) for m in messages) + len(self.system or "")
+        if chars > self.processor.max_chars(self.model.max_length):  # tokenizing megabytes takes GBs
+            raise ValueError(f"the prompt is {chars} characters, far more than the {self.model.max_length} "
+                             "tokens the model takes")
         prompt = label_images(format_prompt(self.template, messages + [None], self.system))
         ids = tokenize(self.processor.tokenizer._tokenizer, prompt)
         if ids.count(IMAGE_TOKEN_INDEX) != len(images_all):
@@ -156,6 +166,39 @@ class Chat:
     def _encode(self, image, timings: dict) -> mx.array:
         pixels = self.processor.images([image])
         return self.model.vision(pixels, timings=timings)[0]
+
+
+def check_sampling(max_tokens: int, temp: float, top_p: float, seed: int | None):
+    """Refuse settings that would fail deep inside MLX or silently do something else."""
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1 (got {max_tokens})")
+    if not 0 <= temp < float("inf"):
+        raise ValueError(f"the temperature must be 0 (greedy) or more (got {temp})")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be above 0 and at most 1 (got {top_p})")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise ValueError(f"the seed must be from 0 to 2**64 - 1 (got {seed})")
+
+
+def valid_text(text: str) -> str:
+    """Text as valid Unicode: undecodable bytes (from a terminal or a file that is not
+    UTF-8) become U+FFFD instead of failing in the tokenizer."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")  # the bytes Python could not decode, back
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "surrogatepass")
+    return data.decode("utf-8", "replace")
+
+
+# C0 controls but newline and tab, DEL, C1 controls
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Control characters shown as ^X (C1 as \\x9b): escape sequences in a reply could move
+    the cursor, clear or retitle the terminal, or write its clipboard."""
+    return CONTROL.sub(lambda m: "^" + chr(ord(m.group()) ^ 0x40) if m.group() < "\x80" else
+                       f"\\x{ord(m.group()):02x}", text)
 
 
 def _expand(ids: list, sizes: list) -> list:
@@ -235,43 +278,54 @@ def main(argv=None):
     gen.add_argument("--output-image", help="PNG to write (default: the next free mgm-image-NNN.png here)")
     args = parser.parse_args(argv)
     args.gen = args.gen or args.gen_from_reply
-
-    from .loading import load
-
     try:
-        if args.template is not None and args.template not in TEMPLATES:
-            raise ValueError(f"unknown template {args.template!r}; choose from {', '.join(TEMPLATES)}")
-        prompt = sys.stdin.read().rstrip("\n") if args.prompt == "-" else args.prompt  # as input() would
-        if not prompt.strip():
-            raise ValueError("the prompt is empty")
-        images = [load_image(path) for path in args.image]  # bad images fail before the model loads
-        if args.gen:  # and so does anything that would stop the picture
-            generator, request = _gen_setup(args)
-            prompt = with_gen(prompt)
-        tic = time.perf_counter()
-        model, processor = load(args.model, quantize_bits=args.q_bits, template=args.template)
-        if args.verbose:
-            print(f"Loaded {args.model} in {time.perf_counter() - tic:.1f} s (template {processor.template})", file=sys.stderr)
-        chat = Chat(model, processor, args.system, args.template)
-        if args.verbose:
-            user = (IMAGE + "\n") * len(args.image) + prompt
-            print(label_images(format_prompt(chat.template, [user, None], args.system)), file=sys.stderr)
-        response, answer = None, []
-        for response in chat.stream(prompt, images, max_tokens=args.max_tokens, temp=args.temp,
-                                    top_p=args.top_p, seed=args.seed):
-            print(response.text, end="", flush=True)
-            answer.append(response.text)
-        print()
-        if response is not None and not args.quiet:
-            print_stats(response)
-        if args.gen:
-            del chat, model  # room for the diffusion model
-            _draw(args, generator, request, "".join(answer))
+        _main(args)
+    except BrokenPipeError:  # `| head` stopped reading: end quietly, as other Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         sys.exit(130)
     except (ImageError, FileNotFoundError, ValueError, OSError, GenerationError) as e:
         sys.exit(f"error: {e}")
+
+
+def _main(args):
+    from .loading import load
+
+    show = printable if sys.stdout.isatty() else str  # a reply never drives the terminal
+    check_sampling(args.max_tokens, args.temp, args.top_p, args.seed)
+    if args.template is not None and args.template not in TEMPLATES:
+        raise ValueError(f"unknown template {args.template!r}; choose from {', '.join(TEMPLATES)}")
+    # as input() would: no trailing newline; bytes that are not UTF-8 become U+FFFD
+    prompt = sys.stdin.buffer.read().decode("utf-8", "replace").rstrip("\n") if args.prompt == "-" else args.prompt
+    prompt = valid_text(prompt)
+    args.system = None if args.system is None else valid_text(args.system)
+    if not prompt.strip():
+        raise ValueError("the prompt is empty")
+    images = [load_image(path) for path in args.image]  # bad images fail before the model loads
+    if args.gen:  # and so does anything that would stop the picture
+        generator, request = _gen_setup(args)
+        prompt = with_gen(prompt)
+    tic = time.perf_counter()
+    model, processor = load(args.model, quantize_bits=args.q_bits, template=args.template)
+    if args.verbose:
+        print(f"Loaded {args.model} in {time.perf_counter() - tic:.1f} s (template {processor.template})", file=sys.stderr)
+    chat = Chat(model, processor, args.system, args.template)
+    if args.verbose:
+        user = (IMAGE + "\n") * len(args.image) + prompt
+        print(label_images(format_prompt(chat.template, [user, None], args.system)), file=sys.stderr)
+    response, answer = None, []
+    for response in chat.stream(prompt, images, max_tokens=args.max_tokens, temp=args.temp,
+                                top_p=args.top_p, seed=args.seed):
+        print(show(response.text), end="", flush=True)
+        answer.append(response.text)
+    print(flush=True)
+    if response is not None and not args.quiet:
+        print_stats(response)
+    if args.gen:
+        del chat, model  # room for the diffusion model
+        _draw(args, generator, request, "".join(answer))
 
 
 def _gen_setup(args):
@@ -302,6 +356,17 @@ def _draw(args, generator, request, reply: str):
         print(f"Image: {r.width}x{r.height}, {r.steps} steps, guidance {r.guidance:g}, seed {r.seed}, "
               f"{picture.seconds:.1f} s, peak memory {picture.peak_memory:.3f} GB", file=sys.stderr)
 
+
+class _CallableModule(types.ModuleType):
+    """`mgm_mlx.generate` is this module (the command; `import mgm_mlx.generate as cli`) and
+    also what `mgm_mlx.generate(model, processor, ...)` calls: the import system puts the
+    module there whenever it is first imported, so the module itself answers the call."""
+
+    def __call__(self, *args, **kwargs):
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     main()
