@@ -4,7 +4,8 @@
 
 The LLM is cast to --dtype and, with -q, quantized (embeddings and lm_head included); CLIP,
 ConvNeXt, the mining modules and the projector stay in --vision-dtype (float16). The output
-is written beside the target and renamed at the end, so nothing half-done is ever left.
+is written beside the target and renamed at the end, so nothing half-done is ever left;
+--force replaces only an empty folder or an earlier output (mgm_mlx/safe_output.py).
 """
 
 import argparse
@@ -18,6 +19,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .. import safe_output
 from ..language import family
 from ..loading import load, load_config, resolve
 from ..prompt import TEMPLATES
@@ -44,10 +46,12 @@ def convert(
     template: str | None = None,
     force: bool = False,
 ) -> Path:
-    target = Path(mlx_path).expanduser()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
-        raise FileExistsError(f"{target} exists and is not an empty folder; pass --force to replace it")
+    given = Path(mlx_path).expanduser()
+    local = [p for p in (hf_path, vision_tower, vision_tower_aux) if p and Path(p).expanduser().exists()]
+    target = safe_output.check_target(given, local, force)  # before any download
     source = resolve(hf_path)
+    sources = [source, *local]  # a repo id is now a folder in the Hugging Face cache
+    safe_output.check_target(given, sources, force)
     dtype = dtype or _stored_dtype(load_config(source))
     model, processor = load(
         source,
@@ -82,13 +86,14 @@ def convert(
             if (source / name).exists():
                 shutil.copy(source / name, partial / name)
         (partial / "README.md").write_text(_model_card(hf_path, config, model))
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        safe_output.write_marker(partial)
+        if target.exists():  # resolved and checked: empty, or an earlier output
+            shutil.rmtree(target)
         partial.rename(target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return target
+    return given
 
 
 def _size(n: int) -> str:
@@ -130,7 +135,7 @@ def main(argv=None):
     parser.add_argument("--vision-tower", help="CLIP folder or repo id, if the checkpoint lacks it")
     parser.add_argument("--vision-tower-aux", help="OpenCLIP ConvNeXt folder or repo id, if missing")
     parser.add_argument("--template", choices=TEMPLATES, help="conversation template (default: from the config)")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty --mlx-path")
+    parser.add_argument("--force", action="store_true", help="replace an earlier mgm-mlx output in --mlx-path")
     args = parser.parse_args(argv)
     try:
         out = convert(
