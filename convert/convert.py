@@ -4,13 +4,12 @@
 
 The LLM is cast to --dtype and, with -q, quantized (embeddings and lm_head included); CLIP,
 ConvNeXt, the mining modules and the projector stay in --vision-dtype (float16). The output
-is written beside the target and renamed at the end, so nothing half-done is ever left;
---force replaces only an empty folder or an earlier output (mgm_mlx/safe_output.py).
+is written beside the target and swapped in at the end (mgm_mlx/safe_output.py), so nothing
+half-done is ever left, and --force replaces only an empty folder or an earlier output.
 """
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from dataclasses import asdict
@@ -75,9 +74,11 @@ def convert(
         torch_dtype=dtype,
     )
 
-    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+    safe_output.remove_stale_partials(target.parent)
+    partial = safe_output.partial_folder(target)
     try:
         partial.mkdir(parents=True)
+        safe_output.write_marker(partial)  # first: a killed convert's leftover is recognisably ours
         from mlx_lm.utils import save_model
 
         save_model(partial, model)
@@ -86,12 +87,10 @@ def convert(
             if (source / name).exists():
                 shutil.copy(source / name, partial / name)
         (partial / "README.md").write_text(_model_card(hf_path, config, model))
-        safe_output.write_marker(partial)
-        if target.exists():  # resolved and checked: empty, or an earlier output
-            shutil.rmtree(target)
-        partial.rename(target)
+        safe_output.check_target(given, sources, force)  # still so, after a long conversion
+        safe_output.replace(partial, target)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        safe_output.discard(partial)
         raise
     return given
 
@@ -137,13 +136,17 @@ def main(argv=None):
     parser.add_argument("--template", choices=TEMPLATES, help="conversation template (default: from the config)")
     parser.add_argument("--force", action="store_true", help="replace an earlier mgm-mlx output in --mlx-path")
     args = parser.parse_args(argv)
+    target = Path(args.mlx_path).expanduser()
     try:
         out = convert(
             args.hf_path, args.mlx_path, args.quantize, args.q_bits, args.q_group_size, args.dtype,
             args.vision_dtype, args.vision_tower, args.vision_tower_aux, args.template, args.force,
         )
-    except KeyboardInterrupt:
-        sys.exit("interrupted; nothing was written")
+    except safe_output.LateInterrupt:
+        sys.exit(f"interrupted; the new model was already in place in {target}")
+    except KeyboardInterrupt:  # before the swap: the target is as it was
+        kept = f" ({target} keeps the earlier model)" if safe_output.is_output(target) else ""
+        sys.exit(f"interrupted; nothing was written{kept}")
     except (FileNotFoundError, FileExistsError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))

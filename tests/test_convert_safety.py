@@ -1,6 +1,9 @@
 """convert must never destroy what it did not write (issue #11, section 1).
 
 Every refusal is one `error:` line, exit 1, and leaves the folders byte for byte as they were.
+Replacing an earlier output is a swap: whatever happens on the way (a signal, a failed
+rename), the target holds either the complete earlier model or the complete
+new one, and the exit message says which.
 """
 
 import errno
@@ -9,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,167 @@ def test_every_output_carries_the_marker(refs):
     for folder in refs:
         marker = json.loads((folder / "mgm_mlx.json").read_text())
         assert marker == {"format": "mgm-mlx", "version": mgm_mlx.__version__}
+
+
+# ---- replacing: atomic, only what convert wrote
+
+def test_force_replaces_an_earlier_output(src, refs, tmp_path, capsys):
+    shutil.copytree(refs[0], tmp_path / "out")
+    main(["--hf-path", str(src), "--mlx-path", str(tmp_path / "out"), "-q", "--force"])
+    assert capsys.readouterr().out.startswith(f"saved {tmp_path / 'out'}")
+    assert files(tmp_path / "out") == files(refs[1])
+    assert os.listdir(tmp_path) == ["out"]  # nothing beside it
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["empty", "earlier-output"])
+def test_symlink_target_is_filled_where_it_points(src, refs, tmp_path, capsys, earlier):
+    real = tmp_path / "disk" / "mgm"
+    shutil.copytree(refs[0], real) if earlier else real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    main(["--hf-path", str(src), "--mlx-path", str(tmp_path / "link"), "-q"] + ["--force"] * earlier)
+    assert (tmp_path / "link").is_symlink() and os.readlink(tmp_path / "link") == str(real)
+    assert files(real) == files(refs[1]) and os.listdir(real.parent) == ["mgm"]
+    mgm_mlx.load(tmp_path / "link")
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", ""])
+    p.wait()
+    return p.pid
+
+
+def test_stale_partials_of_dead_processes_are_removed(src, tmp_path):
+    dead, alive = _dead_pid(), os.getppid()
+    for name, marker in ((f".out.partial-{dead}", True), (f".old.partial-{dead}", False),
+                         (f".out.partial-{alive}", True), (f".notes.partial-{dead}", False)):
+        (tmp_path / name).mkdir()
+        if marker:
+            (tmp_path / name / "mgm_mlx.json").write_text('{"format": "mgm-mlx", "version": "0.1.0"}')
+            (tmp_path / name / "model.safetensors").write_bytes(b"half")
+    (tmp_path / f".notes.partial-{dead}" / "draft.txt").write_text("not ours: no marker")
+    convert(src, tmp_path / "out")
+    # dead and ours (marker, or empty) go; a live process's and a foreign folder stay
+    assert sorted(os.listdir(tmp_path)) == sorted([f".notes.partial-{dead}", f".out.partial-{alive}", "out"])
+
+
+# ---- interrupted or failing at each step of the replace
+
+class _After:
+    """Wrap a function: on its n-th matching call, do the real thing, then send a signal."""
+
+    def __init__(self, real, n, match, signum=signal.SIGINT):
+        self.real, self.n, self.match, self.signum, self.calls = real, n, match, signum, 0
+
+    def __call__(self, *args, **kw):
+        result = self.real(*args, **kw)
+        if self.match(*args):
+            self.calls += 1
+            if self.calls == self.n:
+                os.kill(os.getpid(), self.signum)
+        return result
+
+
+def _is_old_model_file(names):
+    return lambda path, *a: os.path.basename(os.fspath(path)) in names
+
+
+def _involves_out(src, dst=None, *a):
+    return any(os.path.basename(os.fspath(p)).startswith((".out.", "out")) for p in (src, dst) if p is not None)
+
+
+STEPS = {  # step -> (function to wrap, n-th matching call, match)
+    "exchange": ("_exchange", 1, lambda *a: True),
+    "rename-1": ("rename", 1, _involves_out),
+    "rename-2": ("rename", 2, _involves_out),
+    "unlink": ("unlink", 1, None),  # a file of the earlier model is deleted
+    "rmdir": ("rmdir", 1, _involves_out),  # the earlier model's folder is deleted
+}
+
+
+@pytest.mark.parametrize("swap", ["exchange", "two-renames"])
+@pytest.mark.parametrize("step", list(STEPS))
+def test_signal_at_each_step_of_the_replace(src, refs, tmp_path, monkeypatch, capsys, swap, step):
+    """A Ctrl-C right after any step of the swap waits for the swap: the target is the complete
+    new model and the message says so (before: a model without its tokenizer files, or the
+    new model, with 'nothing was written')."""
+    if (swap == "exchange" and step.startswith("rename")) or (swap == "two-renames" and step == "exchange"):
+        pytest.skip("not a step of this swap")
+    if swap == "two-renames" or step == "exchange":
+        from mgm_mlx import safe_output
+    if swap == "two-renames":
+        monkeypatch.setattr(safe_output, "_exchange", lambda a, b: False)
+    shutil.copytree(refs[0], tmp_path / "out")
+    name, n, match = STEPS[step]
+    match = match or _is_old_model_file(set(files(refs[0])))
+    owner = safe_output if name == "_exchange" else os
+    wrapped = _After(getattr(owner, name), n, match)
+    monkeypatch.setattr(owner, name, wrapped)
+    message = cli(["--hf-path", src, "--mlx-path", tmp_path / "out", "-q", "--force"], capsys)
+    assert wrapped.calls >= n  # the signal was sent at that step
+    got = files(tmp_path / "out")
+    assert got == files(refs[1]), sorted(got or [])
+    assert message == f"interrupted; the new model was already in place in {tmp_path / 'out'}"
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_interrupt_while_writing_keeps_the_earlier_output(src, refs, tmp_path, monkeypatch, capsys):
+    import mlx_lm.utils
+
+    real = mlx_lm.utils.save_model
+
+    def save_then_stop(path, model, **kw):
+        real(path, model, **kw)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(mlx_lm.utils, "save_model", save_then_stop)
+    shutil.copytree(refs[0], tmp_path / "out")
+    message = cli(["--hf-path", src, "--mlx-path", tmp_path / "out", "-q", "--force"], capsys)
+    assert message == f"interrupted; nothing was written ({tmp_path / 'out'} keeps the earlier model)"
+    assert files(tmp_path / "out") == files(refs[0]) and os.listdir(tmp_path) == ["out"]
+
+
+@pytest.mark.parametrize("failing", ["exchange", "rename-1", "rename-2"])
+def test_failed_swap_keeps_the_earlier_output(src, refs, tmp_path, monkeypatch, capsys, failing):
+    """A rename that fails (or a swap the filesystem refuses) rolls back: the earlier model stays."""
+    from mgm_mlx import safe_output
+
+    def fail(*a):
+        raise PermissionError(errno.EACCES, "Permission denied", str(a[0]))
+
+    if failing == "exchange":
+        monkeypatch.setattr(safe_output, "_exchange", fail)
+    else:
+        monkeypatch.setattr(safe_output, "_exchange", lambda a, b: False)
+        real, calls = os.rename, []
+
+        def rename(a, b, *rest):
+            calls.append(a)
+            if len(calls) == int(failing[-1]):
+                fail(a)
+            return real(a, b, *rest)
+
+        monkeypatch.setattr(os, "rename", rename)
+    shutil.copytree(refs[0], tmp_path / "out")
+    message = cli(["--hf-path", src, "--mlx-path", tmp_path / "out", "-q", "--force"], capsys)
+    assert message.startswith("error: ") and "Permission denied" in message
+    assert files(tmp_path / "out") == files(refs[0]) and os.listdir(tmp_path) == ["out"]
+
+
+def test_old_model_that_cannot_be_deleted_does_not_undo_the_new_one(src, refs, tmp_path, monkeypatch, capsys):
+    from mgm_mlx import safe_output
+
+    real = os.unlink
+
+    def unlink(path, *a, **kw):
+        if ".partial-" in os.fspath(path):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    shutil.copytree(refs[0], tmp_path / "out")
+    main(["--hf-path", str(src), "--mlx-path", str(tmp_path / "out"), "-q", "--force"])
+    assert capsys.readouterr().out.startswith("saved ")
+    assert files(tmp_path / "out") == files(refs[1])
+    monkeypatch.setattr(os, "unlink", real)
+    leftover = [p for p in tmp_path.iterdir() if p.name != "out"]  # the earlier model, hidden
+    assert len(leftover) == 1 and safe_output.is_output(leftover[0])
