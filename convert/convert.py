@@ -11,6 +11,7 @@ half-done is ever left, and --force replaces only an empty folder or an earlier 
 import argparse
 import json
 import shutil
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -120,6 +121,20 @@ def _model_card(hf_path, config: dict, model) -> str:
     )
 
 
+def _terminate_as_interrupt() -> dict:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, so they clean up as Ctrl-C does; returns
+    the handlers to restore. An ignored signal stays ignored (nohup ignores SIGHUP)."""
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        s = getattr(signal, name, None)
+        if s is not None and signal.getsignal(s) is signal.SIG_DFL:
+            try:
+                previous[s] = signal.signal(s, signal.default_int_handler)
+            except ValueError:  # main() called outside the main thread
+                break
+    return previous
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m mgm_mlx.convert", description="Convert an MGM checkpoint to MLX."
@@ -137,6 +152,7 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true", help="replace an earlier mgm-mlx output in --mlx-path")
     args = parser.parse_args(argv)
     target = Path(args.mlx_path).expanduser()
+    previous = _terminate_as_interrupt()
     try:
         out = convert(
             args.hf_path, args.mlx_path, args.quantize, args.q_bits, args.q_group_size, args.dtype,
@@ -149,6 +165,9 @@ def main(argv=None):
         sys.exit(f"interrupted; nothing was written{kept}")
     except (FileNotFoundError, FileExistsError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     print(f"saved {out} ({_size(size)})")
 

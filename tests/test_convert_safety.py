@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,58 @@ def test_old_model_that_cannot_be_deleted_does_not_undo_the_new_one(src, refs, t
     monkeypatch.setattr(os, "unlink", real)
     leftover = [p for p in tmp_path.iterdir() if p.name != "out"]  # the earlier model, hidden
     assert len(leftover) == 1 and safe_output.is_output(leftover[0])
+
+
+# ---- SIGTERM and SIGHUP act as Ctrl-C
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    import mlx_lm.utils
+    from mgm_mlx.convert.convert import main
+
+    real = mlx_lm.utils.save_model
+
+    def save_and_wait(path, model, **kw):
+        real(path, model, **kw)
+        print("written", flush=True)
+        time.sleep(60)
+
+    mlx_lm.utils.save_model = save_and_wait
+    main(sys.argv[1:])
+""")
+
+
+@pytest.mark.parametrize("signum, earlier", [(signal.SIGTERM, False), (signal.SIGHUP, True)], ids=["SIGTERM", "SIGHUP"])
+def test_termination_signal_while_writing(src, refs, tmp_path, signum, earlier):
+    out = tmp_path / "out"
+    if earlier:
+        shutil.copytree(refs[0], out)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, "--hf-path", str(src), "--mlx-path", str(out), "-q", "--force"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    assert child.stdout.readline() == "written\n"
+    child.send_signal(signum)
+    _, err = child.communicate(timeout=60)
+    kept = f" ({out} keeps the earlier model)" if earlier else ""
+    assert (child.returncode, err) == (1, f"interrupted; nothing was written{kept}\n")
+    assert os.listdir(tmp_path) == (["out"] if earlier else [])
+    assert files(out) == (files(refs[0]) if earlier else None)
+
+
+def test_ignored_sighup_stays_ignored(src, tmp_path, monkeypatch):
+    """Under nohup, SIGHUP is ignored and must stay so."""
+    import mlx_lm.utils
+
+    real = mlx_lm.utils.save_model
+
+    def save_and_hang_up(path, model, **kw):
+        real(path, model, **kw)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    monkeypatch.setattr(mlx_lm.utils, "save_model", save_and_hang_up)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        main(["--hf-path", str(src), "--mlx-path", str(tmp_path / "out")])
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert (tmp_path / "out" / "config.json").exists()
