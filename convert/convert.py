@@ -9,6 +9,7 @@ half-done is ever left, and --force replaces only an empty folder or an earlier 
 """
 
 import argparse
+import errno
 import json
 import shutil
 import signal
@@ -90,10 +91,26 @@ def convert(
         (partial / "README.md").write_text(_model_card(hf_path, config, model))
         safe_output.check_target(given, sources, force)  # still so, after a long conversion
         safe_output.replace(partial, target)
-    except BaseException:
+    except BaseException as e:
         safe_output.discard(partial)
+        reason = _write_failure(e)
+        if reason:
+            kept = f" ({given} keeps the earlier model)" if safe_output.is_output(target) else ""
+            raise OSError(
+                f"cannot write {given} ({reason}); the disk is full or the write failed, "
+                f"so nothing was written{kept}"
+            ) from None
         raise
     return given
+
+
+def _write_failure(e: BaseException) -> str | None:
+    """Why a write failed (a full disk, a file size limit, a quota), else None."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return e.strerror
+    if isinstance(e, RuntimeError) and str(e).startswith("[write]"):  # MLX's save_safetensors
+        return str(e)
+    return None
 
 
 def _size(n: int) -> str:

@@ -1,8 +1,8 @@
-"""convert must never destroy what it did not write (issue #11, section 1).
+"""convert must never destroy what it did not write (issue #11, section 1, and a full disk).
 
 Every refusal is one `error:` line, exit 1, and leaves the folders byte for byte as they were.
 Replacing an earlier output is a swap: whatever happens on the way (a signal, a failed
-rename), the target holds either the complete earlier model or the complete
+rename, a full disk), the target holds either the complete earlier model or the complete
 new one, and the exit message says which.
 """
 
@@ -375,3 +375,41 @@ def test_ignored_sighup_stays_ignored(src, tmp_path, monkeypatch):
     finally:
         signal.signal(signal.SIGHUP, previous)
     assert (tmp_path / "out" / "config.json").exists()
+
+
+# ---- a full disk: one line, nothing half-written, an earlier output intact
+
+def _file_size_limit(limit):
+    def apply():  # in the child: writes past `limit` bytes fail with EFBIG, as on a full disk
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["new", "earlier-output"])
+def test_full_disk(src, refs, tmp_path, earlier):
+    out = tmp_path / "out"
+    if earlier:
+        shutil.copytree(refs[0], out)
+    result = run(["--hf-path", src, "--mlx-path", out, "--force"], preexec_fn=_file_size_limit(100_000))
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: cannot write {out} (") and "disk is full" in result.stderr
+    assert os.listdir(tmp_path) == (["out"] if earlier else [])
+    assert files(out) == (files(refs[0]) if earlier else None)
+
+
+def test_no_space_left_from_a_plain_write(src, refs, tmp_path, monkeypatch, capsys):
+    """The same through an OSError (ENOSPC) from Python's own file writes."""
+    real = shutil.copy
+
+    def copy(a, b, *rest, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copy", copy)
+    shutil.copytree(refs[0], tmp_path / "out", copy_function=real)
+    message = cli(["--hf-path", src, "--mlx-path", tmp_path / "out", "--force"], capsys)
+    assert message.startswith(f"error: cannot write {tmp_path / 'out'} (No space left on device)")
+    assert "disk is full" in message and "earlier model" in message
+    assert files(tmp_path / "out") == files(refs[0]) and os.listdir(tmp_path) == ["out"]
