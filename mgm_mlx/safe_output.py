@@ -83,7 +83,11 @@ def remove_stale_partials(parent: Path):
     for folder in parent.iterdir():
         match = PARTIAL.match(folder.name)
         if match and folder.is_dir() and not folder.is_symlink() and not _running(int(match[1])):
-            if is_output(folder) or not any(folder.iterdir()):  # ours: never a look-alike of someone else's
+            try:
+                ours = is_output(folder) or not any(folder.iterdir())  # never a look-alike of someone else's
+            except OSError:  # unreadable: not ours to judge
+                continue
+            if ours:
                 discard(folder)
 
 
@@ -175,7 +179,7 @@ def _signals_held():
     try:
         for s in SIGNALS:
             previous[s] = signal.signal(s, lambda signum, frame: held.append(signum))
-    except ValueError:  # not the main thread, where Python runs signal handlers anyway
+    except ValueError:  # not the main thread: signals interrupt the main thread, not this one
         pass
     try:
         yield
