@@ -233,9 +233,10 @@ STEPS = {  # step -> (function to wrap, n-th matching call, match)
 }
 
 
-@pytest.mark.parametrize("swap, step", [("exchange", s) for s in ("exchange", "unlink", "rmdir")]
-                         + [("two-renames", s) for s in ("rename-1", "rename-2", "unlink", "rmdir")])
-def test_signal_at_each_step_of_the_replace(src, refs, tmp_path, monkeypatch, capsys, swap, step):
+@pytest.mark.parametrize("swap, step, signum", [("exchange", s, signal.SIGINT) for s in ("exchange", "unlink", "rmdir")]
+                         + [("two-renames", s, signal.SIGINT) for s in ("rename-1", "rename-2", "unlink", "rmdir")]
+                         + [("exchange", "exchange", signal.SIGTERM), ("two-renames", "rename-1", signal.SIGHUP)])
+def test_signal_at_each_step_of_the_replace(src, refs, tmp_path, monkeypatch, capsys, swap, step, signum):
     """A Ctrl-C right after any step of the swap waits for the swap: the target is the complete
     new model and the message says so (before: a model without its tokenizer files, or the
     new model, with 'nothing was written')."""
@@ -247,7 +248,7 @@ def test_signal_at_each_step_of_the_replace(src, refs, tmp_path, monkeypatch, ca
     name, n, match = STEPS[step]
     match = match or _is_old_model_file(set(files(refs[0])))
     owner = safe_output if name == "_exchange" else os
-    wrapped = _After(getattr(owner, name), n, match)
+    wrapped = _After(getattr(owner, name), n, match, signum)
     monkeypatch.setattr(owner, name, wrapped)
     message = cli(["--hf-path", src, "--mlx-path", tmp_path / "out", "-q", "--force"], capsys)
     assert wrapped.calls >= n  # the signal was sent at that step
