@@ -4,13 +4,15 @@
 
 The LLM is cast to --dtype and, with -q, quantized (embeddings and lm_head included); CLIP,
 ConvNeXt, the mining modules and the projector stay in --vision-dtype (float16). The output
-is written beside the target and renamed at the end, so nothing half-done is ever left.
+is written beside the target and swapped in at the end (mgm_mlx/safe_output.py), so nothing
+half-done is ever left, and --force replaces only an empty folder or an earlier output.
 """
 
 import argparse
+import errno
 import json
-import os
 import shutil
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .. import safe_output
 from ..language import family
 from ..loading import load, load_config, resolve
 from ..prompt import TEMPLATES
@@ -44,10 +47,12 @@ def convert(
     template: str | None = None,
     force: bool = False,
 ) -> Path:
-    target = Path(mlx_path).expanduser()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
-        raise FileExistsError(f"{target} exists and is not an empty folder; pass --force to replace it")
+    given = Path(mlx_path).expanduser()
+    local = [p for p in (hf_path, vision_tower, vision_tower_aux) if p and Path(p).expanduser().exists()]
+    target = safe_output.check_target(given, local, force)  # before any download
     source = resolve(hf_path)
+    sources = [source, *local]  # a repo id is now a folder in the Hugging Face cache
+    safe_output.check_target(given, sources, force)
     dtype = dtype or _stored_dtype(load_config(source))
     model, processor = load(
         source,
@@ -71,9 +76,11 @@ def convert(
         torch_dtype=dtype,
     )
 
-    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+    safe_output.remove_stale_partials(target.parent)
+    partial = safe_output.partial_folder(target)
     try:
         partial.mkdir(parents=True)
+        safe_output.write_marker(partial)  # first: a killed convert's leftover is recognisably ours
         from mlx_lm.utils import save_model
 
         save_model(partial, model)
@@ -82,13 +89,28 @@ def convert(
             if (source / name).exists():
                 shutil.copy(source / name, partial / name)
         (partial / "README.md").write_text(_model_card(hf_path, config, model))
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        partial.rename(target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        safe_output.check_target(given, sources, force)  # still so, after a long conversion
+        safe_output.replace(partial, target)
+    except BaseException as e:
+        safe_output.discard(partial)
+        reason = _write_failure(e)
+        if reason:
+            kept = f" ({given} keeps the earlier model)" if safe_output.is_output(target) else ""
+            raise OSError(
+                f"cannot write {given} ({reason}); the disk is full or the write failed, "
+                f"so nothing was written{kept}"
+            ) from None
         raise
-    return target
+    return given
+
+
+def _write_failure(e: BaseException) -> str | None:
+    """Why a write failed (a full disk, a file size limit, a quota), else None."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return e.strerror
+    if isinstance(e, RuntimeError) and str(e).startswith("[write]"):  # MLX's save_safetensors
+        return str(e)
+    return None
 
 
 def _size(n: int) -> str:
@@ -116,6 +138,20 @@ def _model_card(hf_path, config: dict, model) -> str:
     )
 
 
+def _terminate_as_interrupt() -> dict:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, so they clean up as Ctrl-C does; returns
+    the handlers to restore. An ignored signal stays ignored (nohup ignores SIGHUP)."""
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        s = getattr(signal, name, None)
+        if s is not None and signal.getsignal(s) is signal.SIG_DFL:
+            try:
+                previous[s] = signal.signal(s, signal.default_int_handler)
+            except ValueError:  # main() called outside the main thread
+                break
+    return previous
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m mgm_mlx.convert", description="Convert an MGM checkpoint to MLX."
@@ -130,17 +166,25 @@ def main(argv=None):
     parser.add_argument("--vision-tower", help="CLIP folder or repo id, if the checkpoint lacks it")
     parser.add_argument("--vision-tower-aux", help="OpenCLIP ConvNeXt folder or repo id, if missing")
     parser.add_argument("--template", choices=TEMPLATES, help="conversation template (default: from the config)")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty --mlx-path")
+    parser.add_argument("--force", action="store_true", help="replace an earlier mgm-mlx output in --mlx-path")
     args = parser.parse_args(argv)
+    target = Path(args.mlx_path).expanduser()
+    previous = _terminate_as_interrupt()
     try:
         out = convert(
             args.hf_path, args.mlx_path, args.quantize, args.q_bits, args.q_group_size, args.dtype,
             args.vision_dtype, args.vision_tower, args.vision_tower_aux, args.template, args.force,
         )
-    except KeyboardInterrupt:
-        sys.exit("interrupted; nothing was written")
+    except safe_output.LateInterrupt:
+        sys.exit(f"interrupted; the new model was already in place in {target}")
+    except KeyboardInterrupt:  # before the swap: the target is as it was
+        kept = f" ({target} keeps the earlier model)" if safe_output.is_output(target) else ""
+        sys.exit(f"interrupted; nothing was written{kept}")
     except (FileNotFoundError, FileExistsError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     print(f"saved {out} ({_size(size)})")
 

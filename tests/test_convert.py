@@ -205,8 +205,15 @@ def test_non_empty_target_needs_force(ckpts, tmp_path, capsys):
     (target / "keep.txt").write_text("mine")
     message = _cli(["--hf-path", str(ckpts["gemma"][0]), "--mlx-path", str(target)], capsys)
     assert "--force" in message and (target / "keep.txt").read_text() == "mine"
-    main(["--hf-path", str(ckpts["gemma"][0]), "--mlx-path", str(target), "--force"])
-    assert not (target / "keep.txt").exists() and (target / "config.json").exists()
+    # --force replaces only an earlier mgm-mlx output (issue #11): not this folder
+    message = _cli(["--hf-path", str(ckpts["gemma"][0]), "--mlx-path", str(target), "--force"], capsys)
+    assert "not an earlier mgm-mlx output" in message and os.listdir(target) == ["keep.txt"]
+    earlier = tmp_path / "earlier"
+    main(["--hf-path", str(ckpts["gemma"][0]), "--mlx-path", str(earlier)])
+    message = _cli(["--hf-path", str(ckpts["gemma"][0]), "--mlx-path", str(earlier), "-q"], capsys)
+    assert "--force" in message and "quantization" not in json.loads((earlier / "config.json").read_text())
+    main(["--hf-path", str(ckpts["gemma"][0]), "--mlx-path", str(earlier), "-q", "--force"])
+    assert "quantization" in json.loads((earlier / "config.json").read_text())
 
 
 def test_unknown_model_type_lists_supported(ckpts, tmp_path, capsys):
