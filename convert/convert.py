@@ -22,14 +22,10 @@ from mlx.utils import tree_flatten
 
 from .. import safe_output
 from ..language import family
-from ..loading import load, load_config, resolve
-from ..prompt import TEMPLATES
+from ..loading import evaluate, load, load_config, resolve
+from ..prompt import TEMPLATES, TOKENIZER_FILES
 
 DTYPES = ("float16", "bfloat16", "float32")
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "generation_config.json", "chat_template.jinja", "chat_template.json",
-)
 # Config keys that point at the original machine's folders.
 DROP_KEYS = ("mm_vision_tower", "mm_vision_tower_aux", "_name_or_path", "quantization_config")
 
@@ -69,6 +65,7 @@ def convert(
     if quantize:
         model.quantize(q_group_size, q_bits)
         config["quantization"] = {"group_size": q_group_size, "bits": q_bits}
+    evaluate(model)  # refuses NaN / infinite weights by name before anything is written
     config.update(
         mm_vision_config=asdict(model.vision.vision_tower.config),
         mm_vision_aux_config=asdict(model.vision.vision_tower_aux.config),

@@ -125,14 +125,15 @@ def test_source_linked_files(src, tmp_path, capsys):
     """A source folder of symlinks (as in the HF cache): a target holding the files they point
     to is refused; a target merely beside those files is fine."""
     shutil.copytree(src, tmp_path / "store" / "blobs")
-    (tmp_path / "snapshot").mkdir()
+    link = tmp_path / "store" / "snapshots" / "abc"  # huggingface_hub's layout
+    link.mkdir(parents=True)
     for f in (tmp_path / "store" / "blobs").iterdir():
-        (tmp_path / "snapshot" / f.name).symlink_to(f)
+        (link / f.name).symlink_to(Path("../../blobs") / f.name)
     (tmp_path / "store" / "notes.txt").write_text("mine")
     before = snapshot(tmp_path)
-    message = cli(["--hf-path", tmp_path / "snapshot", "--mlx-path", tmp_path / "store", "--force"], capsys)
+    message = cli(["--hf-path", link, "--mlx-path", tmp_path / "store" / "blobs", "--force"], capsys)
     assert "contains the source" in message and snapshot(tmp_path) == before
-    convert(tmp_path / "snapshot", tmp_path / "store" / "blobs-mlx")  # beside the real files
+    convert(link, tmp_path / "store" / "blobs-mlx")  # beside the real files
     assert (tmp_path / "store" / "blobs-mlx" / "mgm_mlx.json").exists()
 
 

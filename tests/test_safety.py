@@ -316,6 +316,8 @@ def test_broken_weights_are_refused_by_name(released, tmp_path, make, words):
     with pytest.raises(ValueError, match=words) as info:
         mgm_mlx.load(bad)
     assert "norm" in str(info.value)
+    _one_line(_run(["-m", "mgm_mlx.convert", "--hf-path", bad, "--mlx-path", tmp_path / "out", "-q"]), words)
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_image_only_checkpoint_says_so(tmp_path):
