@@ -77,11 +77,8 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, L, D))
 
 
-def quick_gelu(x):
-    return x * mx.sigmoid(1.702 * x)
-
-
-ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": nn.gelu, "gelu_pytorch_tanh": nn.gelu_approx}
+# OpenAI's CLIP uses quick_gelu, x * sigmoid(1.702 x): MLX's gelu_fast_approx.
+ACTIVATIONS = {"quick_gelu": nn.gelu_fast_approx, "gelu": nn.gelu, "gelu_pytorch_tanh": nn.gelu_approx}
 
 
 class MLP(nn.Module):

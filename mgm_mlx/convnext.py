@@ -12,7 +12,7 @@ from typing import List
 import mlx.core as mx
 import mlx.nn as nn
 
-from .image import resize_bilinear
+from .ops import resize_bilinear
 
 
 @dataclass

@@ -1,15 +1,14 @@
-"""Image input for MGM: read, make RGB, pad to square, bicubic resize, CLIP-normalise.
+"""Image files to pixels: read, make RGB, pad to square, bicubic resize, CLIP-normalise.
 
 The reference (mgm/serve/cli.py + mm_utils.process_images) makes one high-res tensor
-(`image_size_aux`, 768 or 1536) and derives the low-res CLIP input from that *normalised*
-tensor with a bilinear resize. `preprocess` does the first part; `lowres_views` the second.
+(`image_size_aux`, 768 or 1536); the model derives the low-res CLIP views from it
+(ops.lowres_views). Only PIL and numpy here: what happens inside the model is in ops.py.
 """
 
 import os
 import warnings
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -126,7 +125,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def expand2square(image: Image.Image, color=PAD_COLOR) -> Image.Image:
-    """Centre the image on a square canvas of the mean colour (mm_utils.expand2square)."""
+    """Centre the image on a square canvas of the mean colour (mm_utils.expand2square).
+    Written out: ImageOps.pad resizes too, and rounds the offsets differently."""
     w, h = image.size
     if w == h:
         return image
@@ -149,54 +149,3 @@ def preprocess(source, image_size: int) -> np.ndarray:
     image = expand2square(image).resize((image_size, image_size), Image.BICUBIC)
     x = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
     return (x - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
-
-
-def _bilinear_taps(out_size: int, in_size: int):
-    # PyTorch align_corners=False: src = (dst + 0.5) * in/out - 0.5, clamped at 0, float32.
-    scale = np.float32(in_size / out_size)
-    src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-    src = np.maximum(src, np.float32(0))
-    i0 = np.minimum(np.floor(src).astype(np.int32), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    w1 = src - i0.astype(np.float32)
-    return mx.array(i0), mx.array(i1), mx.array(w1)
-
-
-def resize_bilinear(x: mx.array, size) -> mx.array:
-    """Bilinear resize of NHWC `x` to `size` (h, w) like F.interpolate(align_corners=False,
-    antialias=False). Computed in float32, returned in x.dtype."""
-    h, w = size
-    dtype = x.dtype
-    x = x.astype(mx.float32)
-    if x.shape[1] != h:
-        i0, i1, w1 = _bilinear_taps(h, x.shape[1])
-        w1 = w1[:, None, None]
-        x = mx.take(x, i0, axis=1) * (1 - w1) + mx.take(x, i1, axis=1) * w1
-    if x.shape[2] != w:
-        i0, i1, w1 = _bilinear_taps(w, x.shape[2])
-        w1 = w1[:, None]
-        x = mx.take(x, i0, axis=2) * (1 - w1) + mx.take(x, i1, axis=2) * w1
-    return x.astype(dtype)
-
-
-def split_grid(x: mx.array, grid: int) -> mx.array:
-    """[B, g*s, g*s, C] -> [B*g*g, s, s, C], tiles row-major (tile00, tile01, tile10, tile11)."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, grid, h // grid, grid, w // grid, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b * grid * grid, h // grid, w // grid, c)
-
-
-def lowres_views(pixels: mx.array, size: int, grid: int = 1, use_global: bool = False):
-    """High-res pixels [B, S, S, 3] -> CLIP inputs [B * views, size, size, 3].
-
-    Views per image are the grid tiles in row-major order, then the global view (HD).
-    """
-    b = pixels.shape[0]
-    lr = resize_bilinear(pixels, (size * grid, size * grid))
-    if grid == 1:
-        return lr
-    views = split_grid(lr, grid).reshape(b, grid * grid, size, size, 3)
-    if use_global:
-        glob = resize_bilinear(lr, (size, size))[:, None]
-        views = mx.concatenate([views, glob], axis=1)
-    return views.reshape(-1, size, size, 3)

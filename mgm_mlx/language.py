@@ -67,6 +67,11 @@ class Gemma(gemma.Model):
             h = layer(h, mask, c)
         return m.embed_tokens.as_linear(m.norm(h))
 
+    def sanitize(self, weights: dict) -> dict:
+        # Gemma ties lm_head to the embedding; the released 2B checkpoint stores it anyway.
+        weights.pop("lm_head.weight", None)
+        return weights
+
 
 def check(config: dict, shapes: dict) -> None:
     """Refuse an LLM config that is malformed or that its weights contradict, before anything
@@ -118,8 +123,3 @@ def build(config: dict) -> nn.Module:
     module = importlib.import_module(f"mlx_lm.models.{name}")
     args = module.ModelArgs.from_dict({**config, "model_type": name})
     return Gemma(args) if name == "gemma" else module.Model(args)
-
-
-def is_tied(config: dict) -> bool:
-    # mlx-lm's gemma always uses the embedding as the output layer, as HF ties them.
-    return family(config) == "gemma" or bool(config.get("tie_word_embeddings", False))

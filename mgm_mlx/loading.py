@@ -13,9 +13,9 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from . import language
-from .model import Model
+from .model import Model, load_strict, part, sanitize
 from .prompt import TOKENIZER_FILES, Processor
-from .vision import MGMVision, load_strict
+from .vision import REQUIRED, MGMVision, MissingPart
 
 WEIGHT_INDEX = "model.safetensors.index.json"
 # What a download fetches: exactly what the loader reads. No code (*.py), no pickles
@@ -161,30 +161,42 @@ def _tower_file(folder: Path, names) -> Path:
     raise FileNotFoundError(f"{folder} has none of {', '.join(names)}")
 
 
-def tower_weights(vision_tower=None, vision_tower_aux=None):
-    """Tower weights from their own folders, renamed to the released MGM layout.
+# Where a part of the image path can come from when a checkpoint lacks it.
+HINTS = {
+    "CLIP": " (model.vision_tower.vision_tower.*); give its folder with --vision-tower",
+    "ConvNeXt": " (model.vision_tower_aux.*); give its folder with --vision-tower-aux",
+    "patch info mining": " (model.vlm_uni_*)",
+}
+
+
+def add_towers(weights: dict, config: dict, vision_tower=None, vision_tower_aux=None) -> dict:
+    """Tower weights a checkpoint lacks, from the towers' own folders (or repo ids), added to
+    the sanitized `weights`; returns the config with CLIP settings from the tower's config.json.
 
     vision_tower: openai/clip-vit-large-patch14-336 in HF format (`vision_model.*`).
     vision_tower_aux: laion/CLIP-convnext_large_d_320... in OpenCLIP format (`visual.trunk.*`).
-    Returns (weights, CLIP config overrides from the tower's config.json).
     """
-    weights, overrides = {}, {}
-    if vision_tower:
+    if vision_tower and REQUIRED["CLIP"] not in part(weights, "vision."):
         folder = resolve(vision_tower)
-        raw = read_tensors(_tower_file(folder, ["model.safetensors", "pytorch_model.bin"]))
-        weights.update({"model.vision_tower.vision_tower." + k: v for k, v in raw.items() if k.startswith("vision_model.")})
+        weights.update(sanitize(read_tensors(_tower_file(folder, ["model.safetensors", "pytorch_model.bin"]))))
         if (folder / "config.json").exists():
             cfg = _read_json(folder / "config.json")
             cfg = cfg.get("vision_config", cfg) if isinstance(cfg, dict) else {}
             overrides = {k: cfg[k] for k in ("num_attention_heads", "hidden_act", "layer_norm_eps") if k in cfg}
-    if vision_tower_aux:
+            config = {**config, "mm_vision_config": {**(config.get("mm_vision_config") or {}), **overrides}}
+    if vision_tower_aux and REQUIRED["ConvNeXt"] not in part(weights, "vision."):
         folder = resolve(vision_tower_aux)
-        raw = read_tensors(_tower_file(folder, ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]))
-        for k, v in raw.items():
-            for src, dst in (("visual.trunk.stem.", "vision_stem."), ("visual.trunk.stages.", "vision_stages.")):
-                if k.startswith(src):
-                    weights["model.vision_tower_aux." + dst + k[len(src) :]] = v
-    return weights, overrides
+        weights.update(sanitize(read_tensors(_tower_file(folder, ["open_clip_model.safetensors",
+                                                                  "open_clip_pytorch_model.bin"]))))
+    return config
+
+
+def build_vision(config: dict, weights: dict) -> MGMVision:
+    """The image path for sanitized weights; a missing part says where to get it."""
+    try:
+        return MGMVision.from_weights(config, part(weights, "vision."))
+    except MissingPart as e:
+        raise ValueError(f"{e}{HINTS[e.part]}") from None
 
 
 def load(
@@ -200,65 +212,63 @@ def load(
 ):
     """Load a released MGM checkpoint or a converted mgm-mlx folder -> (model, processor).
 
-    dtype / vision_dtype cast the LLM / image path (default: as stored; float32 on a CPU
-    device, where half precision is emulated and MLX's MoE kernel is float32-only). quantize_bits
-    quantizes the LLM in memory, for Macs that cannot hold it in 16 bits. Tower weights
-    missing from the checkpoint come from vision_tower / vision_tower_aux.
+    read -> check the config against the shapes -> sanitize (once) -> build -> quantize ->
+    strict load. dtype / vision_dtype cast the LLM / image path (default: as stored; float32
+    on a CPU device, where half precision is emulated and MLX's MoE kernel is float32-only).
+    quantize_bits quantizes the LLM in memory, for Macs that cannot hold it in 16 bits.
+    Tower weights missing from the checkpoint come from vision_tower / vision_tower_aux.
     """
     path = resolve(path_or_repo)
     config = load_config(path)
     stored = check_quantization(config.get("quantization"))
     if quantize_bits and stored and stored["bits"] != quantize_bits:  # say so before loading anything
         raise ValueError(f"{path} is already quantized to {stored['bits']} bits")
-    weights = load_weights(path)
-    # sizes against the weights' shapes (read from the file headers) before anything is built
-    try:
-        language.check(config, {k.removeprefix("language_model."): v.shape for k, v in weights.items()})
+    raw = load_weights(path)  # lazy: shapes from the file headers, data when used
+    try:  # before anything is built
+        language.check(config, {k.removeprefix("language_model."): v.shape for k, v in raw.items()})
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    extra, overrides = tower_weights(
-        vision_tower if not _has(weights, "vision_tower.vision_tower.", "vision.vision_tower.") else None,
-        vision_tower_aux if not _has(weights, "vision_tower_aux.", "vision.vision_tower_aux.") else None,
-    )
-    weights.update(extra)
-    if overrides:
-        config = {**config, "mm_vision_config": {**(config.get("mm_vision_config") or {}), **overrides}}
+    weights = sanitize(raw)
+    del raw
+    config = add_towers(weights, config, vision_tower, vision_tower_aux)
+    model = Model(config, build_vision(config, weights), language.build(config))
+    weights = model.sanitize(weights)
     cast_first = dtype is not None  # asked for: quantize from that dtype (as convert --dtype does)
     if mx.default_device().type == mx.cpu:
         dtype = dtype or mx.float32
         vision_dtype = vision_dtype or mx.float32
-    model = Model.from_weights(config, weights)
-    weights = model.sanitize(weights)
-    if "quantization" in config:
-        q = config["quantization"]
-        model.quantize(q["group_size"], q["bits"], weights=weights)
+    if stored:
+        model.quantize_as_stored(weights)
     if quantize_bits and not stored and not cast_first:
         # quantize from the stored dtype (as convert does by default): the CPU's float32 copy
         # of the whole LLM first would need 4 bytes a weight (27 GB for a 7B), thrown away after
-        model.load(weights, dtype=None, vision_dtype=vision_dtype)
+        model.load_checked(weights, dtype=None, vision_dtype=vision_dtype)
         model.quantize(group_size, quantize_bits)
         if dtype is not None:  # norms, scales and biases (on a CPU: float32, the fast kernels)
             model.language_model.apply(lambda x: x.astype(dtype) if mx.issubdtype(x.dtype, mx.floating) else x)
     else:
-        model.load(weights, dtype=dtype, vision_dtype=vision_dtype)
+        model.load_checked(weights, dtype=dtype, vision_dtype=vision_dtype)
         if quantize_bits and not stored:
             model.quantize(group_size, quantize_bits)
-    del weights, extra  # the model holds all it needs: each source tensor goes once used
+    del weights  # the model holds all it needs: each source tensor goes once used
     if not lazy:
         evaluate(model)
-    return model, Processor.from_folder(path, config, model.vision.args.image_size_aux, template)
+    return model, Processor.from_folder(path, model.config, model.vision.args.image_size_aux, template)
 
 
 def check_quantization(q) -> dict | None:
-    """config["quantization"] as mlx-lm writes it: {"group_size": int, "bits": int, ...}."""
+    """config["quantization"] as mlx-lm writes it: {"group_size": int, "bits": int, "mode": ...},
+    plus per-layer entries of the same form (mixed precision)."""
     if q is None:
         return None
-    if not isinstance(q, dict) or not all(isinstance(q.get(k), int) and not isinstance(q.get(k), bool)
-                                          for k in ("bits", "group_size")):
-        raise ValueError(f"config quantization={q!r:.60} should be an object with integer bits and group_size")
-    if q["bits"] not in (2, 3, 4, 5, 6, 8) or q["group_size"] not in (32, 64, 128):
-        raise ValueError(f"config quantization has bits={q['bits']}, group_size={q['group_size']}; "
-                         "MLX quantizes to 2-8 bits in groups of 32, 64 or 128")
+    entries = [q] + [v for v in q.values() if isinstance(v, dict)] if isinstance(q, dict) else [q]
+    for entry in entries:
+        if not isinstance(entry, dict) or not all(
+                isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool) for k in ("bits", "group_size")):
+            raise ValueError(f"config quantization={q!r:.60} should be an object with integer bits and group_size")
+        if entry["bits"] not in (2, 3, 4, 5, 6, 8) or entry["group_size"] not in (16, 32, 64, 128):
+            raise ValueError(f"config quantization has bits={entry['bits']}, group_size={entry['group_size']}; "
+                             "MLX quantizes to 2-8 bits in groups of 16, 32, 64 or 128")
     return q
 
 
@@ -275,14 +285,11 @@ def evaluate(model):
             mx.eval(value)
 
 
-def _has(weights: dict, *infixes) -> bool:
-    return any(infix in k for k in weights for infix in infixes)
-
-
 def vision_from_weights(config: dict, weights: dict, dtype=None) -> MGMVision:
-    """Only the image path, from a config dict and raw (or sanitized) weights."""
-    model = MGMVision.from_weights(config, weights)
-    weights = model.sanitize(weights)
+    """Only the image path, from a config dict and weights in any layout."""
+    weights = sanitize(weights)
+    model = build_vision(config, weights)
+    weights = part(weights, "vision.")
     if dtype is not None:
         weights = {k: v.astype(dtype) for k, v in weights.items()}
     load_strict(model, weights)

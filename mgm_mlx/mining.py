@@ -11,6 +11,8 @@ import re
 import mlx.core as mx
 import mlx.nn as nn
 
+from . import ops
+
 
 def norm_linear(in_dims: int, out_dims: int) -> list:
     """The vlm_uni_{query,aux,val}_projector layout: Sequential(LayerNorm, Linear)."""
@@ -30,7 +32,9 @@ def build_projector(projector_type: str, in_dims: int, out_dims: int):
     return layers
 
 
-def run(layers, x):
+def chain(layers, x):
+    """Apply a layer, or a list of layers in order. Lists rather than nn.Sequential keep the
+    checkpoint's key names (mm_projector.0.weight, not mm_projector.layers.0.weight)."""
     if not isinstance(layers, list):
         return layers(x)
     for layer in layers:
@@ -38,20 +42,13 @@ def run(layers, x):
     return x
 
 
-def unfold_windows(aux: mx.array, patch_num: int) -> mx.array:
-    """[N, h, w, C] -> [N, patch_num**2, s*s, C]: windows row-major, pixels row-major inside."""
-    n, h, w, c = aux.shape
-    s = h // patch_num
-    aux = aux.reshape(n, patch_num, s, patch_num, s, c).transpose(0, 1, 3, 2, 4, 5)
-    return aux.reshape(n, patch_num * patch_num, s * s, c)
-
-
 def mine(features, aux, query_projector, aux_projector, val_projector) -> mx.array:
     """CLIP features [N, T, C] + high-res map [N, h, w, Ca] -> features + mined [N, T, C]."""
-    windows = unfold_windows(aux, math.isqrt(features.shape[1]))
-    q = run(query_projector, features)
-    k = run(aux_projector, windows)
-    v = run(val_projector, windows)
+    n = math.isqrt(features.shape[1])  # one window of the high-res map per CLIP token
+    windows = ops.windows(aux, n).reshape(aux.shape[0], n * n, -1, aux.shape[-1])  # [N, T, s*s, Ca]
+    q = chain(query_projector, features)
+    k = chain(aux_projector, windows)
+    v = chain(val_projector, windows)
     # The reference scales k by 1/sqrt(C) before the product; scaling q is the same and
     # cheaper, and like it keeps float16 dot products from overflowing.
     q = q * (k.shape[-1] ** -0.5)

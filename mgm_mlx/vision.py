@@ -9,26 +9,21 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx_lm.models.base import BaseModelArgs
 
-from . import clip, convnext, mining
+from . import clip, convnext, mining, ops
 from .config import checked
-from .image import lowres_views, resize_bilinear, split_grid
 
-# Checkpoint key prefixes (after "model.") that belong to the image path.
-VISION_PREFIXES = ("vision_tower.", "vision_tower_aux.", "vlm_uni_", "mm_projector.")
-# part -> (a tensor it must have, its released key prefix, where else it can come from)
+# part -> a tensor it must have (keys as model.sanitize writes them, under vision.)
 REQUIRED = {
-    "CLIP": ("vision_tower.vision_model.embeddings.patch_embedding.weight", "model.vision_tower.vision_tower.",
-             "; give its folder with --vision-tower"),
-    "ConvNeXt": ("vision_tower_aux.vision_stem.0.weight", "model.vision_tower_aux.",
-                 "; give its folder with --vision-tower-aux"),
-    "patch info mining": ("vlm_uni_query_projector.1.weight", "model.vlm_uni_", ""),
+    "CLIP": "vision_tower.vision_model.embeddings.patch_embedding.weight",
+    "ConvNeXt": "vision_tower_aux.vision_stem.0.weight",
+    "patch info mining": "vlm_uni_query_projector.1.weight",
 }
 
 
 @dataclass
-class VisionArgs:
+class VisionArgs(BaseModelArgs):
     """The MGM config.json fields that shape the image path (HF names)."""
 
     image_size_aux: int = 768
@@ -41,17 +36,15 @@ class VisionArgs:
 
     @classmethod
     def from_dict(cls, config: dict):
-        return cls(**checked(cls, config))
+        return super().from_dict(checked(cls, config))  # each field of its declared type
 
 
-def rename(key: str) -> str:
-    """Released MGM key -> key in this module tree ('' when not part of the image path)."""
-    if key.startswith("model."):
-        key = key[len("model.") :]
-    if not key.startswith(VISION_PREFIXES):
-        return ""
-    # The reference wraps CLIPVisionModel in CLIPVisionTower: vision_tower.vision_tower.*
-    return key.replace("vision_tower.vision_tower.", "vision_tower.", 1)
+class MissingPart(ValueError):
+    """A part of the image path has no weights (loading says where they can come from)."""
+
+    def __init__(self, part: str):
+        super().__init__(f"the checkpoint has no {part} weights")
+        self.part = part
 
 
 class MGMVision(nn.Module):
@@ -82,21 +75,14 @@ class MGMVision(nn.Module):
 
     @classmethod
     def from_weights(cls, config: dict, weights: dict):
-        """Build from an MGM config.json and its weights; tower sizes come from the weights.
+        """Build from an MGM config.json and the sanitized weights of the image path (keys
+        without the `vision.` prefix); tower sizes come from the weights' shapes.
 
         `mm_vision_config` in the config (written by the converter, or taken from a CLIP
         tower folder) overrides what the weights cannot say: heads, activation, depth."""
-        w = {rename(k): v for k, v in weights.items()}
-        try:
-            return cls._from_renamed(config, w)
-        except KeyError as e:
-            raise ValueError(f"the checkpoint lacks {e.args[0]} (or it has the wrong name)") from None
-
-    @classmethod
-    def _from_renamed(cls, config: dict, w: dict):
-        for part, (key, prefix, hint) in REQUIRED.items():
-            if key not in w:
-                raise ValueError(f"the checkpoint has no {part} weights ({prefix}*){hint}")
+        for part, key in REQUIRED.items():
+            if key not in weights:
+                raise MissingPart(part)
         args = VisionArgs.from_dict(config)
         sections = {}
         for name, kind in (("mm_vision_config", clip.VisionConfig), ("mm_vision_aux_config", convnext.ConvNeXtConfig)):
@@ -105,31 +91,25 @@ class MGMVision(nn.Module):
                 raise ValueError(f"config {name} should be an object")
             sections[name] = checked(kind, section, f"config {name}", strict=True)
         overrides = {**sections["mm_vision_config"], "select_layer": args.mm_vision_select_layer}
-        clip_config = clip.VisionConfig.from_weights(w, prefix="vision_tower.vision_model.", **overrides)
-        convnext_config = convnext.ConvNeXtConfig.from_weights(w, prefix="vision_tower_aux.")
+        try:
+            clip_config = clip.VisionConfig.from_weights(weights, prefix="vision_tower.vision_model.", **overrides)
+            convnext_config = convnext.ConvNeXtConfig.from_weights(weights, prefix="vision_tower_aux.")
+            first = "mm_projector.weight" if "mm_projector.weight" in weights else "mm_projector.0.weight"
+            hidden_size = weights[first].shape[0]
+        except KeyError as e:
+            raise ValueError(f"the checkpoint lacks {e.args[0]} (or it has the wrong name)") from None
         for k, v in sections["mm_vision_aux_config"].items():
             setattr(convnext_config, k, v)
         if not -clip_config.num_hidden_layers <= args.mm_vision_select_layer <= clip_config.num_hidden_layers:
             raise ValueError(f"config mm_vision_select_layer={args.mm_vision_select_layer} is outside the "
                              f"{clip_config.num_hidden_layers} CLIP layers")
-        first = "mm_projector.weight" if "mm_projector.weight" in w else "mm_projector.0.weight"
+        if clip_config.hidden_size % clip_config.num_attention_heads:
+            raise ValueError(f"CLIP width {clip_config.hidden_size} does not split into "
+                             f"{clip_config.num_attention_heads} heads")
         for name, expected in (("mm_hidden_size", clip_config.hidden_size), ("mm_hidden_size_aux", convnext_config.hidden_size)):
             if config.get(name, expected) != expected:
                 raise ValueError(f"config {name}={config[name]} but the weights have {expected}")
-        return cls(args, clip_config, convnext_config, hidden_size=w[first].shape[0])
-
-    def sanitize(self, weights: dict) -> dict:
-        """Released (or already sanitized) weights -> this tree. Keys the image path does not
-        use (CLIP's post_layernorm, the LLM) are dropped; convs OIHW -> OHWI."""
-        expected = dict(tree_flatten(self.parameters()))
-        out = {}
-        for key, value in weights.items():
-            key = rename(key)
-            if key in expected:
-                if value.ndim == 4 and value.shape != expected[key].shape:
-                    value = value.transpose(0, 2, 3, 1)
-                out[key] = value
-        return out
+        return cls(args, clip_config, convnext_config, hidden_size)
 
     @property
     def num_tokens(self) -> int:
@@ -154,7 +134,7 @@ class MGMVision(nn.Module):
         aux_dtype = self.vision_tower_aux.vision_stem[0].weight.dtype
 
         tic = time.perf_counter()
-        views = lowres_views(pixels, self.vision_tower.config.image_size, g, use_global)
+        views = ops.lowres_views(pixels, self.vision_tower.config.image_size, g, use_global)
         feats = self.vision_tower(views.astype(dtype))
         tic = _lap(timings, "clip", feats, tic)
         aux = self.vision_tower_aux(pixels.astype(aux_dtype)).astype(feats.dtype)
@@ -166,26 +146,18 @@ class MGMVision(nn.Module):
         parts = []
         if use_global:
             h, w = aux.shape[1:3]
-            aux_global = resize_bilinear(aux, (h // g, w // g))
+            aux_global = ops.resize_bilinear(aux, (h // g, w // g))
             parts.append(mining.mine(feats[:, -1], aux_global, *projectors))
         if g > 1:
             tiles = feats[:, : g * g].reshape(b * g * g, t, c)
-            parts.append(mining.mine(tiles, split_grid(aux, g), *projectors).reshape(b, g * g * t, c))
+            aux_tiles = ops.windows(aux, g).reshape(b * g * g, aux.shape[1] // g, aux.shape[2] // g, aux.shape[3])
+            parts.append(mining.mine(tiles, aux_tiles, *projectors).reshape(b, g * g * t, c))
         else:
             parts.append(mining.mine(feats[:, 0], aux, *projectors))
         tokens = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=1)
-        tokens = mining.run(self.mm_projector, tokens)
+        tokens = mining.chain(self.mm_projector, tokens)
         _lap(timings, "mining", tokens, tic)
         return tokens
-
-
-def load_strict(module: nn.Module, weights: dict):
-    """Every parameter present and of the configured shape, else one clear line."""
-    try:
-        module.load_weights(list(weights.items()), strict=True)
-    except ValueError as e:
-        text = " ".join(str(e).split())
-        raise ValueError(f"the weights do not match the config: {text[:300]}") from None
 
 
 def _lap(timings, name, value, tic):

@@ -7,7 +7,7 @@ import pytest
 
 from mgm_mlx.clip import VisionConfig
 from mgm_mlx.convnext import ConvNeXtConfig
-from mgm_mlx.image import lowres_views
+from mgm_mlx.ops import lowres_views
 from mgm_mlx.vision import MGMVision, VisionArgs
 
 

@@ -15,9 +15,9 @@ from mgm_mlx.image import (
     PAD_COLOR,
     ImageError,
     load_image,
-    lowres_views,
     preprocess,
 )
+from mgm_mlx.ops import lowres_views
 
 PAD_NORMALISED = (np.array(PAD_COLOR) / 255 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
 

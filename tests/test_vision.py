@@ -16,7 +16,9 @@ from conftest import assert_close
 from mgm_mlx import mining
 from mgm_mlx.clip import VisionConfig
 from mgm_mlx.convnext import ConvNeXtConfig
-from mgm_mlx.image import lowres_views, preprocess, resize_bilinear
+from mgm_mlx.image import preprocess
+from mgm_mlx.model import part, sanitize
+from mgm_mlx.ops import lowres_views, resize_bilinear, windows
 from mgm_mlx.loading import load_vision, load_weights, vision_from_weights
 
 RESIZES = {
@@ -96,13 +98,13 @@ def test_mining_and_projector_match_reference(gold, vision, case, q_shape, a_sha
     a = mx.array(smooth(a_shape, 4)) * 2
     mined = mining.mine(q, a, vision.vlm_uni_query_projector, vision.vlm_uni_aux_projector, vision.vlm_uni_val_projector)
     assert_close(mined, gold[f"mining/{case}_residual"])
-    assert_close(mining.run(vision.mm_projector, mined), gold[f"mining/{case}_tokens"])
+    assert_close(mining.chain(vision.mm_projector, mined), gold[f"mining/{case}_tokens"])
 
 
 def test_unfold_order():
     # window q = row*P + col holds its s*s pixels row-major
     a = mx.arange(4 * 4).reshape(1, 4, 4, 1)
-    w = np.array(mining.unfold_windows(a, 2))[0, :, :, 0]
+    w = np.array(windows(a, 2).reshape(1, 4, -1, 1))[0, :, :, 0]
     assert w.tolist() == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
 
 
@@ -168,17 +170,18 @@ def test_missing_tower_is_named(prefix, part):
 
 
 def test_unused_tensors_are_dropped(vision):
-    kept = vision.sanitize(load_weights(TINY))
+    full = sanitize(load_weights(TINY))
+    kept = part(full, "vision.")
     assert not any("post_layernorm" in k or "embed_tokens" in k for k in kept)
     assert kept["vision_tower.vision_model.embeddings.patch_embedding.weight"].shape == (128, 14, 14, 3)
     # sanitizing twice changes nothing (converted folders hold sanitized weights)
-    again = vision.sanitize(kept)
+    again = part(sanitize(full), "vision.")
     assert {k: v.shape for k, v in again.items()} == {k: v.shape for k, v in kept.items()}
 
 
 def test_saved_sanitized_weights_load_the_same(vision, gold, tmp_path):
     # a folder holding already-sanitized weights must rebuild the same model
-    weights = vision.sanitize(load_weights(TINY))
+    weights = sanitize(load_weights(TINY))
     mx.save_safetensors(str(tmp_path / "model.safetensors"), weights)
     (tmp_path / "config.json").write_text((TINY / "config.json").read_text())
     again = load_vision(tmp_path, mx.float32)
