@@ -24,7 +24,7 @@ from mlx_lm.utils import load_tokenizer
 from mgm_mlx import linux_cpu
 from mgm_mlx.generate import Chat
 from mgm_mlx.language import build
-from mgm_mlx.prompt import Processor
+from mgm_mlx.processor import Processor
 
 GEMMA_2B = dict(model_type="mgm_gemma", architectures=["MGMGemmaForCausalLM"], hidden_size=2048,
                 intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8, num_key_value_heads=1,

@@ -18,12 +18,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import mlx.core as mx
+from huggingface_hub import ModelCard, ModelCardData
 from mlx.utils import tree_flatten
 
-from .. import safe_output
-from ..language import family
-from ..loading import evaluate, load, load_config, resolve
-from ..prompt import TEMPLATES, TOKENIZER_FILES
+from mgm_mlx import safe_output
+from mgm_mlx.language import family
+from mgm_mlx.loading import evaluate, load, load_config, resolve
+from mgm_mlx.prompt import TEMPLATES, TOKENIZER_FILES
 
 DTYPES = ("float16", "bfloat16", "float32")
 # Config keys that point at the original machine's folders.
@@ -63,8 +64,7 @@ def convert(
     if "quantization" in config:
         raise ValueError(f"{hf_path} is already quantized; convert from the original checkpoint")
     if quantize:
-        model.quantize(q_group_size, q_bits)
-        config["quantization"] = {"group_size": q_group_size, "bits": q_bits}
+        config = model.quantize(q_group_size, q_bits, config=config)
     evaluate(model)  # refuses NaN / infinite weights by name before anything is written
     config.update(
         mm_vision_config=asdict(model.vision.vision_tower.config),
@@ -85,7 +85,7 @@ def convert(
         for name in TOKENIZER_FILES:
             if (source / name).exists():
                 shutil.copy(source / name, partial / name)
-        (partial / "README.md").write_text(_model_card(hf_path, config, model))
+        _model_card(hf_path, config, model).save(partial / "README.md")
         safe_output.check_target(given, sources, force)  # still so, after a long conversion
         safe_output.replace(partial, target)
     except BaseException as e:
@@ -119,13 +119,18 @@ def _stored_dtype(config: dict) -> str:
     return stored if stored in DTYPES else "bfloat16"
 
 
-def _model_card(hf_path, config: dict, model) -> str:
+def _model_card(hf_path, config: dict, model) -> ModelCard:
+    """The folder's README.md: huggingface_hub's card with mlx metadata, so an uploaded
+    conversion shows up as an MLX model of its base."""
     q = config.get("quantization")
     size = _size(sum(v.nbytes for _, v in tree_flatten(model.parameters())))
     vision_dtype = str(tree_flatten(model.vision.parameters())[0][1].dtype).split(".")[-1]
     how = f"{q['bits']}-bit (group size {q['group_size']}) LLM" if q else f"{config['torch_dtype']} LLM"
-    source = str(hf_path) if Path(str(hf_path)).exists() else f"[{hf_path}](https://huggingface.co/{hf_path})"
-    return (
+    local = Path(str(hf_path)).exists()
+    source = str(hf_path) if local else f"[{hf_path}](https://huggingface.co/{hf_path})"
+    data = ModelCardData(library_name="mlx", base_model=None if local else str(hf_path),
+                         tags=["mlx", "mgm-mlx", "mini-gemini", "vision-language"], pipeline_tag="image-text-to-text")
+    text = (
         f"# {Path(str(hf_path)).name} for mgm-mlx\n\n"
         f"Mini-Gemini (MGM) from {source}, converted with mgm-mlx: {how}, "
         f"image path in {vision_dtype}, {size}.\n"
@@ -133,6 +138,7 @@ def _model_card(hf_path, config: dict, model) -> str:
         f"image tokens: {model.vision.num_tokens}; template: {config['mgm_template']}.\n\n"
         "```python\nimport mgm_mlx\n\nmodel, processor = mgm_mlx.load(\"path/to/this/folder\")\n```\n"
     )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}")
 
 
 def _terminate_as_interrupt() -> dict:

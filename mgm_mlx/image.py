@@ -5,6 +5,7 @@ The reference (mgm/serve/cli.py + mm_utils.process_images) makes one high-res te
 (ops.lowres_views). Only PIL and numpy here: what happens inside the model is in ops.py.
 """
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -30,13 +31,16 @@ class ImageError(ValueError):
 
 
 def load_image(source) -> Image.Image:
-    """Read a path, PIL image or numpy array as an 8-bit RGB PIL image (EXIF orientation applied)."""
+    """Read a path, the bytes of a file, a PIL image or a numpy array as an 8-bit RGB PIL image
+    (EXIF orientation applied)."""
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, np.ndarray):
         image = _from_array(source)
     elif isinstance(source, (str, os.PathLike)):
         image = _open(Path(source))
+    elif isinstance(source, bytes):
+        image = _decode(io.BytesIO(source), "the image")
     else:
         raise ImageError(f"cannot use a {type(source).__name__} as an image")
     try:
@@ -55,20 +59,25 @@ def _open(path: Path) -> Image.Image:
         raise ImageError(f"{path} is a folder, not an image")
     if path.stat().st_size == 0:
         raise ImageError(f"{path} is empty (0 bytes)")
+    return _decode(path, path)
+
+
+def _decode(file, name) -> Image.Image:
+    """Open and decode a file (path or file object) in bounded memory; one-line errors."""
     try:
         with warnings.catch_warnings():  # the size is checked here, against MAX_PIXELS
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)  # reads the header only
-            _limit_pixels(image, path)
+            image = Image.open(file)  # reads the header only
+            _limit_pixels(image, name)
             image.load()
     except ImageError:
         raise
     except Image.DecompressionBombError:
-        raise ImageError(f"{path} has too many pixels to load safely") from None
+        raise ImageError(f"{name} has too many pixels to load safely") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path} is not an image file that Pillow can read") from None
+        raise ImageError(f"{name} is not an image file that Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path} is damaged or truncated ({e})") from None
+        raise ImageError(f"{name} is damaged or truncated ({e})") from None
     return image
 
 

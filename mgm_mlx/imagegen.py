@@ -24,8 +24,6 @@ NEGATIVE_PROMPT = (
     "gross proportions, malformed limbs, missing arms, missing legs, extra arms, extra legs, fused fingers, "
     "too many fingers, long neck, username, watermark, signature"
 )
-NO_PROMPT = ("the reply has no <h>...</h> picture prompt (MGM-2B often leaves it out; the 13B and 34B "
-             "models write it more reliably); use --gen-from-reply to draw the reply text itself")
 INSTALL = ("image generation needs diffusionkit: pip install 'mgm-mlx[gen]' && "
            "pip install --no-deps diffusionkit==0.5.1")
 
@@ -39,6 +37,14 @@ class Stopped(Exception):
 
     def __str__(self):
         return "stopped"
+
+
+class NoPicturePrompt(GenerationError):
+    """The reply has no <h>...</h> block to draw (each front-end says what to do instead)."""
+
+    def __init__(self):
+        super().__init__("the reply has no <h>...</h> picture prompt (MGM-2B often leaves it out; "
+                         "the 13B and 34B models write it more reliably)")
 
 
 @dataclass
@@ -108,6 +114,26 @@ def extract_prompt(reply: str) -> str | None:
     blocks = re.findall(r"<h>(.*?)</h>", reply, flags=re.S)
     prompt = " ".join(blocks[-1].split()) if blocks else ""
     return prompt or None
+
+
+def picture_prompt(reply: str, from_reply: bool = False) -> str:
+    """What to draw for a reply: its last <h> block, else (from_reply) the reply itself."""
+    text = extract_prompt(reply) or (reply_prompt(reply) if from_reply else None)
+    if text is None:
+        raise NoPicturePrompt()
+    return text
+
+
+def prepare(model: str = "flux-schnell", size: str | tuple = "1024", steps=None, guidance=None, seed=None,
+            keep: bool = False):
+    """A generator and a request template, checked before any heavy work: a missing extra,
+    an unknown model, a size or guidance it cannot draw, weights not cached offline."""
+    width, height = parse_size(size) if isinstance(size, str) else size
+    generator = get_generator(model=model, keep=keep)
+    request = ImageRequest("a picture", width, height, steps, guidance, seed)
+    generator.check(request)
+    generator.check_weights()
+    return generator, request
 
 
 def reply_prompt(reply: str) -> str | None:

@@ -14,14 +14,14 @@ from mlx.utils import tree_flatten
 
 from . import language
 from .model import Model, load_strict, part, sanitize
-from .prompt import TOKENIZER_FILES, Processor
+from .processor import Processor
+from .prompt import TOKENIZER_FILES
 from .vision import REQUIRED, MGMVision, MissingPart
 
 WEIGHT_INDEX = "model.safetensors.index.json"
 # What a download fetches: exactly what the loader reads. No code (*.py), no pickles
 # (*.bin, *.pt), no training state.
 ALLOW_PATTERNS = ["config.json", WEIGHT_INDEX, "*.safetensors", *TOKENIZER_FILES]
-REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 MAX_JSON_BYTES = 64 << 20  # a config or an index is kilobytes; tokenizer.json a few MB
 # torch.load(weights_only=True) can be bypassed before 2.6 (CVE-2025-32434).
 MIN_TORCH = (2, 6)
@@ -34,7 +34,7 @@ def resolve(path_or_repo) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is a file; pass the model folder")
         return path
-    if not REPO_ID.match(str(path_or_repo)):
+    if not is_repo_id(path_or_repo):
         raise FileNotFoundError(f"model folder not found: {path}")
     from huggingface_hub import snapshot_download
 
@@ -45,6 +45,17 @@ def resolve(path_or_repo) -> Path:
         raise FileNotFoundError(
             f"cannot download {path_or_repo} ({reason}); without network, pass a local folder"
         ) from None
+
+
+def is_repo_id(text) -> bool:
+    """"owner/name" as the Hugging Face hub spells repo ids (huggingface_hub's own check)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(str(text))
+    except HFValidationError:
+        return False
+    return "/" in str(text)
 
 
 def load_config(path) -> dict:

@@ -224,7 +224,7 @@ def test_gen_draws_the_h_prompt_into_numbered_files(offline, tiny_mgm, tmp_path,
         last = None
         for last in stream(self, text, images, **kwargs):
             yield last
-        yield cli.Response(" <h>a red house under the sun</h>", 0, 0, 0.0, 0, 0.0, 0.0, "stop")
+        yield cli.Response(" <h>a red house under the sun</h>", 0, None, False, 0, 0.0, 0, 0.0, 0.0, "stop")
 
     monkeypatch.setattr(cli.Chat, "stream", answer_with_h)
     base = ["--model", str(tiny_mgm), "--prompt", "Draw a house", "-m", "4", "--gen", "--gen-size", "96x64", "--gen-seed", "5"]

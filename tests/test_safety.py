@@ -254,12 +254,12 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path, monkeypatch):
 
 
 def test_a_huge_prompt_is_refused_before_tokenizing(gemma, monkeypatch):
-    import mgm_mlx.generate as generate_module
+    from mgm_mlx import processor
 
     def no_tokenize(*a):
         raise AssertionError("tokenized")
 
-    monkeypatch.setattr(generate_module, "tokenize", no_tokenize)
+    monkeypatch.setattr(processor, "tokenize", no_tokenize)
     tic = time.perf_counter()
     with pytest.raises(ValueError, match="characters, far more than the 2048 tokens"):
         Chat(*gemma).send("word " * 2_000_000)
