@@ -115,6 +115,8 @@ class Model(nn.Module):
             _, config = quantize_model(self, config or self.config, group_size, bits, mode=mode,
                                        quant_predicate=llm_only)
         config.pop("quantization_config", None)  # mlx-lm's copy for the HF tree; one is enough
+        if mode == "affine":  # the default everywhere; folders written before stay identical
+            config["quantization"].pop("mode", None)
         self.config = config
         linux_cpu.route_quantized_prefill(self.language_model)
         return config
