@@ -26,17 +26,58 @@ MAX_CANVAS_SIDE = 10240
 MAX_PIXELS = 64_000_000
 
 
+# Downloads of images by URL: at most this many bytes, in at most this many seconds.
+MAX_DOWNLOAD_BYTES = 50 << 20
+DOWNLOAD_TIMEOUT = 30.0
+
+
 class ImageError(ValueError):
     """An input that cannot be used as an image. The message is one line for the user."""
 
 
+def is_url(text) -> bool:
+    return isinstance(text, str) and text.lower().startswith(("http://", "https://"))
+
+
+def fetch(url: str, max_bytes: int = MAX_DOWNLOAD_BYTES, timeout: float = DOWNLOAD_TIMEOUT) -> bytes:
+    """The bytes of an http(s) URL, bounded in size and time; one-line ImageError otherwise."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    if not is_url(url):
+        raise ImageError(f"not an http(s) URL: {url}")
+    request = urllib.request.Request(url, headers={"User-Agent": "mgm-mlx"})
+    deadline = time.monotonic() + timeout
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            size = response.headers.get("Content-Length")
+            if size and size.isdigit() and int(size) > max_bytes:
+                raise ImageError(f"{url} is {int(size) >> 20} MB; images of up to {max_bytes >> 20} MB are downloaded")
+            data = bytearray()
+            while block := response.read(1 << 16):
+                data += block
+                if len(data) > max_bytes:
+                    raise ImageError(f"{url} is larger than {max_bytes >> 20} MB; not downloaded")
+                if time.monotonic() > deadline:
+                    raise ImageError(f"{url} took longer than {timeout:g} s to download")
+    except urllib.error.HTTPError as e:
+        raise ImageError(f"cannot download {url} (HTTP {e.code} {e.reason})") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ImageError(f"cannot download {url} ({reason}); are you offline?") from None
+    return bytes(data)
+
+
 def load_image(source) -> Image.Image:
-    """Read a path, the bytes of a file, a PIL image or a numpy array as an 8-bit RGB PIL image
-    (EXIF orientation applied)."""
+    """Read a path, an http(s) URL, the bytes of a file, a PIL image or a numpy array as an
+    8-bit RGB PIL image (EXIF orientation applied)."""
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, np.ndarray):
         image = _from_array(source)
+    elif is_url(source):
+        image = _decode(io.BytesIO(fetch(source)), source)
     elif isinstance(source, (str, os.PathLike)):
         image = _open(Path(source))
     elif isinstance(source, bytes):

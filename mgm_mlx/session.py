@@ -23,7 +23,7 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from mlx_lm.utils import common_prefix_len
 from PIL import Image as PILImage
 
-from .image import load_image
+from .image import fetch, is_url, load_image
 from .prompt import IMAGE, IMAGE_TOKEN_INDEX, TEMPLATES, system_text
 
 IMAGE_SOURCES = (str, os.PathLike, bytes, np.ndarray, PILImage.Image)
@@ -174,6 +174,8 @@ class Session:
         """An image -> its tokens, through the LRU cache keyed by the image's content."""
         if isinstance(image, EncodedImage):
             return image
+        if is_url(image):
+            image = fetch(image)  # once: the key and the pixels come from the same bytes
         key = image_key(image)
         hit = self.vision_cache.get(key)
         if hit is not None:
