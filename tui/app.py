@@ -137,11 +137,19 @@ class ChatList(ModalScreen):
     BINDINGS = [Binding("escape", "dismiss", "cancel")]
 
     def compose(self) -> ComposeResult:
-        chats = store.listing()
+        chats, self.skipped = store.listing()
         with Vertical(id="chats"):
             yield Static("Reopen a chat (Enter opens, Esc cancels)" if chats else "No saved chats yet (Esc)")
-            yield OptionList(*[f"{cid}  {title}  ({n} turn{'s' * (n != 1)})" for cid, title, n in chats], id="chat-list")
-        self.ids = [cid for cid, _, _ in chats]
+            yield OptionList(*[f"{name}  {title}  ({n} turn{'s' * (n != 1)})" for name, title, n in chats],
+                             id="chat-list")
+        self.ids = [name for name, _, _ in chats]
+
+    def on_mount(self) -> None:
+        n = len(self.skipped)
+        if n:
+            names = ", ".join(sorted(self.skipped)[:10]) + (", ..." if n > 10 else "")
+            what = "chat file that is not a chat" if n == 1 else "chat files that are not chats"
+            self.app.notify(f"skipped {n} {what}: {names}", severity="warning", timeout=8)
 
     @on(OptionList.OptionSelected)
     def picked(self, event: OptionList.OptionSelected) -> None:
@@ -451,17 +459,22 @@ class ChatApp(App):
         self.notify(f"exported to {target}")
 
     def action_open_chat(self) -> None:
-        def opened(chat_id):
-            if chat_id:
-                self.call_later(self.reopen, chat_id)
+        def opened(name):
+            if name:
+                self.call_later(self.reopen, name)
 
         self.push_screen(ChatList(), opened)
 
-    async def reopen(self, chat_id: str) -> None:
+    async def reopen(self, name: str) -> None:
         if self.busy:
             self.notify("stop the reply first (Esc)", severity="warning")
             return
-        self.chat, self.pending = store.load(chat_id), []
+        try:  # changed or gone since the list was shown
+            self.chat = store.load(name)
+        except (OSError, ValueError) as e:
+            self.notify(f"cannot open chat {name}: {e}", severity="error")
+            return
+        self.pending = []
         self.show_attachments()
         transcript = self.base.query_one("#transcript")
         await transcript.remove_children()
@@ -471,7 +484,7 @@ class ChatApp(App):
             for path in turn.get("pictures", []):
                 await transcript.mount(Static(Text(f"[picture: {path}]", style="bold"), classes="picture"))
         self.engine.new_chat([(t["user"], t["images"], t["assistant"]) for t in self.chat["turns"]])
-        self.set_status(f"reopened {chat_id}")
+        self.set_status(f"reopened {name}")
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

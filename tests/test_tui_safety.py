@@ -1,0 +1,98 @@
+"""The chat app keeps working and keeps the conversation (issue #11, section 6): bad or foreign
+chat files, a chats folder that cannot be written, two windows on one chat, and the traps found
+by use. Same Pilot set-up as test_tui.py (a scripted FakeEngine, MGM_MLX_HOME in a tmp folder)."""
+
+import json
+
+import pytest
+from textual.widgets import OptionList
+
+from test_tui import home, reply_done, run, say, status, until  # noqa: F401
+
+from mgm_mlx.tui import store
+
+TURN = {"user": "hello there", "images": [], "assistant": "hi"}
+
+
+def chats_folder(home):
+    folder = home / "home" / "chats"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+async def open_list(app, pilot):
+    await pilot.press("ctrl+l")
+    await until(pilot, lambda: app.screen.query("#chat-list"), timeout=10)
+    return app.screen.query_one("#chat-list", OptionList)
+
+
+# ---- chat files that are not chats: skipped in the list, with one notice
+
+BAD_FILES = {
+    "list": "[1,2]",
+    "null": "null",
+    "turns-string": '{"turns": "abc"}',
+    "user-number": json.dumps({"model": "m", "turns": [{"user": 5, "images": [], "assistant": "x"}]}),
+    "images-string": json.dumps({"model": "m", "turns": [{**TURN, "images": "a.png"}]}),
+    "nested": "[" * 100_000 + "]" * 100_000,
+    "broken": '{"turns": [',
+}
+
+
+def test_bad_chat_files_are_skipped_with_a_notice(home):
+    folder = chats_folder(home)
+    for name, text in BAD_FILES.items():
+        (folder / f"{name}.json").write_text(text)
+    (folder / "good.json").write_text(json.dumps({"model": "m", "turns": [TURN]}))
+
+    async def test(app, pilot):
+        options = await open_list(app, pilot)
+        assert options.option_count == 1 and "hello there" in str(options.get_option_at_index(0).prompt)
+        names = ", ".join(sorted(f"{n}.json" for n in BAD_FILES))
+        assert [n for n in app.notes if "skipped" in n] == [f"skipped {len(BAD_FILES)} chat files that are not chats: "
+                                                             f"{names}"]
+        options.action_select()
+        await until(pilot, lambda: len(app.query(".user")) == 1 and "reopened" in status(app), timeout=10)
+
+    run(test)
+
+
+def test_store_listing_and_load_check_the_shape(home):
+    folder = chats_folder(home)
+    for name, text in BAD_FILES.items():
+        (folder / f"{name}.json").write_text(text)
+    (folder / "good.json").write_text(json.dumps({"model": "m", "turns": [TURN]}))
+    chats, skipped = store.listing()
+    assert [c[0] for c in chats] == ["good"] and sorted(skipped) == sorted(f"{n}.json" for n in BAD_FILES)
+    for name in BAD_FILES:
+        with pytest.raises(ValueError):
+            store.load(name)
+
+
+# ---- a chat's "id" is content, never a path: the file name is the chat's name
+
+def test_chat_ids_are_never_paths(home):
+    folder = chats_folder(home)
+    for name, inside in (("20990101-000000-aaaaaa", "../../escaped"), ("20980101-000000-bbbbbb", "another-name")):
+        (folder / f"{name}.json").write_text(json.dumps({"id": inside, "model": "m", "turns": [TURN]}))
+
+    async def test(app, pilot):
+        for index, name in ((0, "20990101-000000-aaaaaa"), (1, "20980101-000000-bbbbbb")):
+            options = await open_list(app, pilot)
+            options.highlighted = index
+            options.action_select()
+            await until(pilot, lambda: len(app.query(".user")) == 1 and status(app) == f"reopened {name}", timeout=10)
+            await say(pilot, "more")
+            await reply_done(app, pilot)
+            assert len(json.loads((folder / f"{name}.json").read_text())["turns"]) == 2
+        assert not list(home.rglob("escaped*")) and not (folder / "another-name.json").exists()
+        assert sorted(p.stem for p in folder.glob("*.json")) == ["20980101-000000-bbbbbb", "20990101-000000-aaaaaa"]
+
+    run(test)
+
+
+def test_store_writes_only_inside_the_chats_folder(home):
+    for bad in ("../../x", "/tmp/x", "..", "", "a/b"):
+        with pytest.raises(ValueError):
+            store.save({"id": bad, "model": "m", "turns": []})
+    assert not (home / "x.json").exists() and not (home / "home" / "x.json").exists()
