@@ -2,7 +2,9 @@
 chat files, a chats folder that cannot be written, two windows on one chat, and the traps found
 by use. Same Pilot set-up as test_tui.py (a scripted FakeEngine, MGM_MLX_HOME in a tmp folder)."""
 
+import errno
 import json
+import os
 
 import pytest
 from textual.widgets import OptionList
@@ -24,6 +26,44 @@ async def open_list(app, pilot):
     await pilot.press("ctrl+l")
     await until(pilot, lambda: app.screen.query("#chat-list"), timeout=10)
     return app.screen.query_one("#chat-list", OptionList)
+
+
+# ---- a chats folder that cannot be written: a notice, the chat stays, Ctrl+S exports it
+
+@pytest.mark.parametrize("how", ["home is a file", "disk full", "read-only folder"])
+def test_a_chat_that_cannot_be_saved_stays_and_exports(home, monkeypatch, how):
+    if how == "home is a file":
+        monkeypatch.setenv("MGM_MLX_HOME", str(home / "notes.txt"))
+    elif how == "disk full":
+        def full(*a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(store.json, "dump", full)
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes anywhere: the other two cases stand in for it")
+        (home / "home").mkdir(mode=0o500)
+
+    async def test(app, pilot):
+        await say(pilot, "one")
+        await reply_done(app, pilot)
+        await say(pilot, "two")
+        await reply_done(app, pilot)
+        assert [str(w.render()) for w in app.query(".user")] == ["one", "two"]  # still on screen
+        notices = [n for n in app.notes if "cannot save" in n]
+        assert len(notices) == 1 and "Ctrl+S" in notices[0]  # told once, not every turn
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: any(n.startswith("exported to") for n in app.notes), timeout=10)
+        exported = next(home.glob("mgm-chat-*.md")).read_text()
+        assert "one" in exported and "two" in exported and "red house" in exported
+
+    run(test)
+
+
+def test_store_save_failure_is_a_clear_oserror(home, monkeypatch):
+    monkeypatch.setenv("MGM_MLX_HOME", str(home / "notes.txt"))
+    with pytest.raises(OSError, match="cannot save the chat in"):
+        store.save(store.new_chat("m"))
 
 
 # ---- chat files that are not chats: skipped in the list, with one notice

@@ -194,6 +194,7 @@ class ChatApp(App):
         self.engine_factory, self.model_name = engine_factory, model_name
         self.image_root = image_root or Path.cwd()
         self.chat = store.new_chat(model_name)
+        self.save_failed = False  # told once; told again only after a save that worked
         self.pending: list[Path] = []
         self.busy = False
         self.reply_widget: Markdown | None = None
@@ -243,7 +244,7 @@ class ChatApp(App):
             f"{s.peak_memory:.2f} GB | ctx {s.context_used}/{s.context_max}"
         )
         self.chat["turns"][-1]["assistant"] = self.reply_text.strip()
-        store.save(self.chat)
+        self.save()
         if event.draw:  # the engine draws the reply's picture next; still busy
             self.set_status("drawing ... (Esc stops)")
             return
@@ -260,7 +261,7 @@ class ChatApp(App):
         await self.base.query_one("#transcript").mount(Static(body, classes="picture"))
         if self.chat["turns"]:
             self.chat["turns"][-1].setdefault("pictures", []).append(event.path)
-            store.save(self.chat)
+            self.save()
         self.notify(f"saved {event.path}")
         self.set_status(f"picture saved to {event.path} ({event.seconds:.1f} s, seed {event.seed})")
         self.busy = False
@@ -409,6 +410,17 @@ class ChatApp(App):
 
     def set_status(self, text: str) -> None:
         self.base.query_one("#status", Static).update(text)
+
+    def save(self) -> None:
+        """Save the chat. When that fails the chat stays on screen and Ctrl+S still exports it."""
+        try:
+            store.save(self.chat)
+        except OSError as e:
+            if not self.save_failed:
+                self.notify(f"{e}; the chat stays here, Ctrl+S exports it", severity="error", timeout=10)
+            self.save_failed = True
+            return
+        self.save_failed = False
 
     # ---- actions
 

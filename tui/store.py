@@ -37,18 +37,23 @@ def new_chat(model: str) -> dict:
 
 
 def save(chat: dict) -> Path:
-    """Write via a temporary file in the same folder and rename: never half a file."""
+    """Write via a temporary file in the same folder and rename: never half a file.
+    A folder that cannot be written raises OSError("cannot save the chat in FOLDER: why").
+    """
     d = folder()
     target = path(chat["id"])
-    d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(chat, f, indent=1)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(chat, f, indent=1)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise OSError(f"cannot save the chat in {d}: {e.strerror or e}") from e
     return target
 
 
