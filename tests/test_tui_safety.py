@@ -136,3 +136,29 @@ def test_store_writes_only_inside_the_chats_folder(home):
         with pytest.raises(ValueError):
             store.save({"id": bad, "model": "m", "turns": []})
     assert not (home / "x.json").exists() and not (home / "home" / "x.json").exists()
+
+
+# ---- two windows on one chat: the second writer saves a new chat instead of overwriting
+
+def test_a_chat_changed_by_another_window_is_saved_as_a_new_chat(home):
+    async def test(app, pilot):
+        await say(pilot, "mine")
+        await reply_done(app, pilot)
+        name = app.chat["id"]
+        path = home / "home" / "chats" / f"{name}.json"
+        theirs = json.loads(path.read_text())  # another window continues the same chat
+        theirs["turns"].append({"user": "theirs", "images": [], "assistant": "their answer"})
+        path.write_text(json.dumps(theirs))
+        await say(pilot, "second")
+        await reply_done(app, pilot)
+        assert [t["user"] for t in json.loads(path.read_text())["turns"]] == ["mine", "theirs"]  # kept
+        assert app.chat["id"] != name
+        mine = home / "home" / "chats" / f"{app.chat['id']}.json"
+        assert [t["user"] for t in json.loads(mine.read_text())["turns"]] == ["mine", "second"]
+        assert any("another window changed" in n and app.chat["id"] in n for n in app.notes)
+        await say(pilot, "third")  # goes on in the new file, quietly
+        await reply_done(app, pilot)
+        assert len(json.loads(mine.read_text())["turns"]) == 3
+        assert len([n for n in app.notes if "another window" in n]) == 1
+
+    run(test)

@@ -194,6 +194,7 @@ class ChatApp(App):
         self.engine_factory, self.model_name = engine_factory, model_name
         self.image_root = image_root or Path.cwd()
         self.chat = store.new_chat(model_name)
+        self.seen = None  # the saved file as this window last read or wrote it (store.stamp)
         self.save_failed = False  # told once; told again only after a save that worked
         self.pending: list[Path] = []
         self.busy = False
@@ -412,15 +413,20 @@ class ChatApp(App):
         self.base.query_one("#status", Static).update(text)
 
     def save(self) -> None:
-        """Save the chat. When that fails the chat stays on screen and Ctrl+S still exports it."""
+        """Save the chat. When that fails the chat stays on screen and Ctrl+S still exports it;
+        when another window changed the file, this chat goes on under a new name."""
+        name = self.chat["id"]
         try:
-            store.save(self.chat)
+            self.seen = store.save(self.chat, self.seen)
         except OSError as e:
             if not self.save_failed:
                 self.notify(f"{e}; the chat stays here, Ctrl+S exports it", severity="error", timeout=10)
             self.save_failed = True
             return
         self.save_failed = False
+        if self.chat["id"] != name:
+            self.notify(f"another window changed chat {name}; this one is saved as a new chat {self.chat['id']}",
+                        severity="warning", timeout=10)
 
     # ---- actions
 
@@ -436,7 +442,7 @@ class ChatApp(App):
             self.notify("stop the reply first (Esc)", severity="warning")
             return
         await self.base.query_one("#transcript").remove_children()
-        self.chat, self.pending = store.new_chat(self.model_name), []
+        self.chat, self.seen, self.pending = store.new_chat(self.model_name), None, []
         self.show_attachments()
         self.engine.new_chat()
         self.set_status("new chat")
@@ -482,7 +488,7 @@ class ChatApp(App):
             self.notify("stop the reply first (Esc)", severity="warning")
             return
         try:  # changed or gone since the list was shown
-            self.chat = store.load(name)
+            self.chat, self.seen = store.load(name)
         except (OSError, ValueError) as e:
             self.notify(f"cannot open chat {name}: {e}", severity="error")
             return

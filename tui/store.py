@@ -36,25 +36,48 @@ def new_chat(model: str) -> dict:
     return {"id": new_name(), "model": model, "turns": []}
 
 
-def save(chat: dict) -> Path:
+def stamp(name: str):
+    """What identifies the file's current version (None: no file). Every save writes a new file
+    and renames it, so another window's save changes the inode even within one mtime tick."""
+    try:
+        st = os.stat(path(name))
+    except FileNotFoundError:
+        return None
+    return _stamp(st)
+
+
+def _stamp(st):
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def save(chat: dict, seen=None):
     """Write via a temporary file in the same folder and rename: never half a file.
+
+    seen: the stamp of the file as this window last read or wrote it. If the file on disk has
+    changed since (another window continued this chat), the chat goes to a fresh name instead, so
+    no window's turns are lost; chat["id"] then changes. Returns the stamp of the file written.
     A folder that cannot be written raises OSError("cannot save the chat in FOLDER: why").
     """
     d = folder()
     target = path(chat["id"])
     try:
         d.mkdir(parents=True, exist_ok=True)
+        if seen is not None and stamp(chat["id"]) not in (None, seen):
+            chat["id"] = new_name()
+            target = path(chat["id"])
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(chat, f, indent=1)
+                f.flush()
+                written = _stamp(os.fstat(f.fileno()))  # the rename keeps inode, mtime and size
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as e:
         raise OSError(f"cannot save the chat in {d}: {e.strerror or e}") from e
-    return target
+    return written
 
 
 def _strings(value) -> bool:
@@ -81,15 +104,18 @@ def check(data) -> dict:
 def _read(file: Path):
     if not file.is_file():  # a folder or a FIFO named *.json must not block or crash the list
         raise ValueError("not a regular file")
+    with open(file, "rb") as f:
+        data, st = f.read(), os.fstat(f.fileno())
     try:
-        return check(json.loads(file.read_bytes()))
+        return check(json.loads(data)), _stamp(st)
     except RecursionError:  # deeply nested JSON
         raise ValueError("nested too deeply") from None
 
 
-def load(name: str) -> dict:
-    """The chat; OSError or ValueError when the file is gone or is not a chat."""
-    return {"id": name, **_read(path(name))}
+def load(name: str):
+    """(chat, stamp); OSError or ValueError when the file is gone or is not a chat."""
+    chat, st = _read(path(name))
+    return {"id": name, **chat}, st
 
 
 def listing():
@@ -97,7 +123,7 @@ def listing():
     chats, skipped = [], []
     for file in sorted(folder().glob("*.json"), reverse=True):
         try:
-            chat = _read(file)
+            chat, _ = _read(file)
         except (OSError, ValueError):
             skipped.append(file.name)
             continue
