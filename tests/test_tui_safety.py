@@ -7,9 +7,9 @@ import json
 import os
 
 import pytest
-from textual.widgets import OptionList
+from textual.widgets import OptionList, Static
 
-from test_tui import home, reply_done, run, say, status, until  # noqa: F401
+from test_tui import Prompt, home, reply_done, run, say, status, until  # noqa: F401
 
 from mgm_mlx.tui import store
 
@@ -160,5 +160,24 @@ def test_a_chat_changed_by_another_window_is_saved_as_a_new_chat(home):
         await reply_done(app, pilot)
         assert len(json.loads(mine.read_text())["turns"]) == 3
         assert len([n for n in app.notes if "another window" in n]) == 1
+
+    run(test)
+
+
+# ---- traps found by use
+
+def test_new_chat_after_context_full_keeps_the_images(home):
+    async def test(app, pilot):
+        app.engine.error = "the prompt is 2100 tokens (576 for images); the model takes at most 2048"
+        await say(pilot, f"/image {home / 'house.png'}")
+        await say(pilot, "too much")
+        await until(pilot, lambda: any("Ctrl+N starts a new chat" in n for n in app.notes) and not app.busy)
+        await pilot.press("ctrl+n")
+        await until(pilot, lambda: "new chat" in status(app), timeout=10)
+        assert app.query_one(Prompt).text == "too much" and app.pending == [home / "house.png"]
+        assert "house.png" in str(app.query_one("#attachments", Static).render())
+        await pilot.press("enter")
+        await reply_done(app, pilot)
+        assert app.engine.sent[-1] == ("too much", [str(home / "house.png")])
 
     run(test)

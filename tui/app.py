@@ -442,8 +442,8 @@ class ChatApp(App):
             self.notify("stop the reply first (Esc)", severity="warning")
             return
         await self.base.query_one("#transcript").remove_children()
-        self.chat, self.seen, self.pending = store.new_chat(self.model_name), None, []
-        self.show_attachments()
+        # the draft text stays in the prompt, so its attached images stay too
+        self.chat, self.seen = store.new_chat(self.model_name), None
         self.engine.new_chat()
         self.set_status("new chat")
 
@@ -492,8 +492,6 @@ class ChatApp(App):
         except (OSError, ValueError) as e:
             self.notify(f"cannot open chat {name}: {e}", severity="error")
             return
-        self.pending = []
-        self.show_attachments()
         transcript = self.base.query_one("#transcript")
         await transcript.remove_children()
         for turn in self.chat["turns"]:
