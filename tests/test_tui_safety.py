@@ -5,12 +5,14 @@ by use. Same Pilot set-up as test_tui.py (a scripted FakeEngine, MGM_MLX_HOME in
 import errno
 import json
 import os
+import shutil
 
 import pytest
 from textual.widgets import OptionList, Static
 
 from test_tui import Prompt, home, reply_done, run, say, status, until  # noqa: F401
 
+from mgm_mlx.tui import app as app_module
 from mgm_mlx.tui import store
 
 TURN = {"user": "hello there", "images": [], "assistant": "hi"}
@@ -179,5 +181,35 @@ def test_new_chat_after_context_full_keeps_the_images(home):
         await pilot.press("enter")
         await reply_done(app, pilot)
         assert app.engine.sent[-1] == ("too much", [str(home / "house.png")])
+
+    run(test)
+
+
+def test_unquoted_image_path_with_spaces(home):
+    shutil.copy(home / "house.png", home / "my house.png")
+
+    async def test(app, pilot):
+        await say(pilot, "/image my house.png")
+        assert app.pending == [home / "my house.png"] and not any("not found" in n for n in app.notes)
+        await say(pilot, "/image other house.png")  # no such file: no fragment of it is attached
+        assert app.pending == [home / "my house.png"]
+        assert any("not found: other" in n and "nothing attached" in n for n in app.notes)
+
+    run(test)
+
+
+def test_detach_removes_pending_images(home):
+    shutil.copy(home / "house.png", home / "cat.png")
+
+    async def test(app, pilot):
+        await say(pilot, "/image house.png cat.png")
+        assert app.pending == [home / "house.png", home / "cat.png"]
+        await say(pilot, "/detach 1")
+        assert app.pending == [home / "cat.png"] and "house.png" not in str(app.query_one("#attachments").render())
+        await say(pilot, "/detach 5")
+        assert app.pending == [home / "cat.png"] and any("no attachment 5" in n for n in app.notes)
+        await say(pilot, "/detach")
+        assert app.pending == [] and str(app.query_one("#attachments", Static).render()) == ""
+        assert "/detach" in app_module.HELP
 
     run(test)

@@ -42,7 +42,8 @@ HELP = """\
 
 # Commands
 
-`/image PATH [PATH ...]` attach images to the next message (quote paths with spaces) ·
+`/image PATH [PATH ...]` attach images to the next message (quote paths with spaces when
+attaching several) · `/detach [N]` remove attached image N (as numbered), or all of them ·
 `/new` · `/export [FILE]` · `/open` · `/help`
 
 `/gen TEXT` asks for a picture: MGM answers and writes a prompt inside `<h>...</h>`, which a
@@ -350,15 +351,9 @@ class ChatApp(App):
     async def command(self, text: str) -> None:
         name, _, rest = text.partition(" ")
         if name == "/image":
-            try:
-                paths = shlex.split(rest)
-            except ValueError as e:
-                self.notify(f"/image: {e}", severity="error")
-                return
-            if not paths:
-                self.notify("usage: /image PATH [PATH ...]", severity="warning")
-            for arg in paths:
-                self.attach(Path(arg).expanduser())
+            self.attach_command(rest)
+        elif name == "/detach":
+            self.detach(rest.strip())
         elif name == "/new":
             await self.action_new_chat()
         elif name == "/export":
@@ -396,6 +391,38 @@ class ChatApp(App):
         self.set_status("drawing ...")
         self.engine.draw(text)
 
+    def attach_command(self, rest: str) -> None:
+        """/image a.png "b c.png", or one unquoted path with spaces; never a fragment of a path."""
+        whole = Path(rest.strip()).expanduser()
+        try:
+            args = [Path(a).expanduser() for a in shlex.split(rest)]
+        except ValueError as e:  # e.g. the quote in Bob's photo.png
+            args, problem = None, f"/image: {e}"
+        if args and all(p.exists() for p in args):
+            for path in args:
+                self.attach(path)
+        elif rest.strip() and whole.is_file():
+            self.attach(whole)
+        elif args is None:
+            self.notify(problem, severity="error")
+        elif not args:
+            self.notify("usage: /image PATH [PATH ...]", severity="warning")
+        else:
+            missing = ", ".join(str(p) for p in args if not p.exists())
+            self.notify(f"not found: {missing}; nothing attached (quote paths with spaces)", severity="error")
+
+    def detach(self, which: str) -> None:
+        """/detach: every pending image; /detach N: the Nth, as numbered in the attachments line."""
+        if which in ("", "all"):
+            gone, self.pending = self.pending, []
+        elif which.isdigit() and 1 <= int(which) <= len(self.pending):
+            gone = [self.pending.pop(int(which) - 1)]
+        else:
+            self.notify(f"/detach: no attachment {which} (there are {len(self.pending)})", severity="warning")
+            return
+        self.show_attachments()
+        self.notify(("detached " + ", ".join(p.name for p in gone)) if gone else "nothing was attached")
+
     def attach(self, path: Path) -> None:
         try:
             load_image(path)
@@ -406,8 +433,9 @@ class ChatApp(App):
         self.show_attachments()
 
     def show_attachments(self) -> None:
-        names = ", ".join(p.name for p in self.pending)
-        self.base.query_one("#attachments", Static).update(f"attached: {names}" if names else "")
+        names = "  ".join(f"{i}: {p.name}" for i, p in enumerate(self.pending, 1))
+        line = f"attached: {names}  (/detach N removes one)" if names else ""
+        self.base.query_one("#attachments", Static).update(line)
 
     def set_status(self, text: str) -> None:
         self.base.query_one("#status", Static).update(text)
