@@ -10,7 +10,7 @@ import shutil
 import pytest
 from textual.widgets import OptionList, Static
 
-from test_tui import Prompt, home, reply_done, run, say, status, until  # noqa: F401
+from test_tui import FakeEngine, Prompt, home, reply_done, run, say, status, until  # noqa: F401
 
 from mgm_mlx.tui import app as app_module
 from mgm_mlx.tui import store
@@ -183,6 +183,33 @@ def test_new_chat_after_context_full_keeps_the_images(home):
         assert app.engine.sent[-1] == ("too much", [str(home / "house.png")])
 
     run(test)
+
+
+def test_enter_while_a_reply_streams_keeps_the_draft():
+    async def test(app, pilot):
+        await say(pilot, "first")
+        await until(pilot, lambda: app.busy and app.reply_text)
+        await say(pilot, "the next question")
+        assert app.query_one(Prompt).text == "the next question"
+        assert any("stays in the prompt" in n for n in app.notes)
+        await pilot.press("escape")
+        await until(pilot, lambda: not app.busy)
+        await pilot.press("enter")
+        await until(pilot, lambda: len(app.engine.sent) == 2 and not app.busy, timeout=10)
+        assert app.engine.sent[-1][0] == "the next question" and app.query_one(Prompt).text == ""
+
+    run(test, engine=lambda post: FakeEngine(post, delay=0.2))
+
+
+def test_a_failed_reply_gives_its_text_back_without_eating_the_draft():
+    async def test(app, pilot):
+        app.engine.error = "out of memory"
+        await say(pilot, "the question")
+        app.query_one(Prompt).insert("a draft")  # typed while the reply waits in line
+        await until(pilot, lambda: "reply failed" in status(app) and not app.busy)
+        assert app.query_one(Prompt).text == "the question\na draft"
+
+    run(test, engine=lambda post: FakeEngine(post, busy_first=0.5))
 
 
 def test_unquoted_image_path_with_spaces(home):

@@ -83,16 +83,18 @@ class Prompt(TextArea):
         super().__init__(**kwargs)
         self.sent, self.index = [], 0
 
+    def accept(self, text: str) -> None:
+        self.sent.append(text)
+        self.index = len(self.sent)
+        self.clear()
+
     async def _on_key(self, event) -> None:
         row = self.cursor_location[0]
         if event.key == "enter":
             event.prevent_default()
             event.stop()
             text = self.text.strip()
-            if text:
-                self.sent.append(text)
-                self.index = len(self.sent)
-                self.clear()
+            if text:  # cleared by the app once it takes the text (accept): a refused draft stays
                 self.post_message(self.Submitted(text))
         elif event.key == "ctrl+j":
             event.prevent_default()
@@ -294,7 +296,9 @@ class ChatApp(App):
                 self.pending = [Path(p) for p in turn["images"]] + self.pending
                 self.show_attachments()
                 user = turn["user"]
-                self.base.query_one(Prompt).text = "/gen " + user[: -len(GEN)] if user.endswith(GEN) else user
+                user = "/gen " + user[: -len(GEN)] if user.endswith(GEN) else user
+                prompt = self.base.query_one(Prompt)
+                prompt.text = "\n".join(filter(None, (user, prompt.text)))  # and a draft typed meanwhile stays
             elif event.what == "regenerate" and not self.reply_text.strip():
                 # show the old reply again
                 await self.base.query_one("#transcript").mount(Markdown(self.chat["turns"][-1]["assistant"], classes="assistant"))
@@ -305,11 +309,13 @@ class ChatApp(App):
     @on(Prompt.Submitted)
     async def submitted(self, event: Prompt.Submitted) -> None:
         text = event.text
+        if self.busy and (not text.startswith("/") or text.split()[0] in ("/gen", "/draw")):
+            self.notify("wait for the reply, or press Esc to stop it; your text stays in the prompt",
+                        severity="warning")
+            return
+        self.base.query_one(Prompt).accept(text)
         if text.startswith("/"):
             await self.command(text)
-            return
-        if self.busy:
-            self.notify("wait for the reply, or press Esc to stop it", severity="warning")
             return
         await self.send_turn(text)
 
