@@ -281,11 +281,15 @@ def test_errors_are_notifications_and_the_app_goes_on(home):
 
 
 def test_model_that_fails_to_load():
-    async def test(app, pilot):
-        await until(pilot, lambda: any("load failed" in n for n in app.notes))
-        assert "no model loaded" in status(app)
+    """The app exits with the error as one line (python -m mgm_mlx.chat prints it, status 1)."""
+    async def main():
+        app = App(lambda post: FakeEngine(post, load_error="model folder not found: nowhere"))
+        async with app.run_test() as pilot:
+            await until(pilot, lambda: app.return_code is not None, timeout=10)
+        return app
 
-    run(test, engine=lambda post: FakeEngine(post, load_error="model folder not found: nowhere"))
+    app = asyncio.run(main())
+    assert app.return_code == 1 and app.return_value == "error: model folder not found: nowhere"
 
 
 def test_store_is_atomic(home, monkeypatch):

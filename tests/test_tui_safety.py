@@ -6,14 +6,17 @@ import errno
 import json
 import os
 import shutil
+import threading
 
 import pytest
+from textual.app import App as TextualApp
 from textual.widgets import OptionList, Static
 
 from test_tui import FakeEngine, Prompt, home, reply_done, run, say, status, until  # noqa: F401
 
 from mgm_mlx.tui import app as app_module
 from mgm_mlx.tui import store
+from mgm_mlx.tui.app import ChatApp
 
 TURN = {"user": "hello there", "images": [], "assistant": "hi"}
 
@@ -240,3 +243,25 @@ def test_detach_removes_pending_images(home):
         assert "/detach" in app_module.HELP
 
     run(test)
+
+
+def test_chat_command_prints_the_load_error(monkeypatch, capsys):
+    from mgm_mlx import chat
+    from mgm_mlx.tui import engine
+
+    monkeypatch.setattr(engine, "MLXEngine", lambda post, *a: FakeEngine(post, load_error="no model at nowhere"))
+    started = []
+
+    def headless(self):  # no terminal here; and never wait forever for an app that stays open
+        timer = threading.Timer(15, lambda: self.call_from_thread(self.exit))
+        started.append(timer)
+        timer.start()
+        try:
+            return TextualApp.run(self, headless=True)
+        finally:
+            timer.cancel()
+
+    monkeypatch.setattr(ChatApp, "run", headless)
+    with pytest.raises(SystemExit) as e:
+        chat.main(["--model", "nowhere"])
+    assert str(e.value) == "error: no model at nowhere"  # sys.exit(text): on stderr, status 1

@@ -275,11 +275,12 @@ class ChatApp(App):
             self.set_status("drawing stopped")
             self.busy = False
             return
+        if event.what == "load":  # nothing works without a model: leave with one line, as generate does
+            self.exit(f"error: {event.error}", return_code=1)
+            return
         hint = "; Ctrl+N starts a new chat" if "at most" in event.error else ""
         self.notify(f"{event.what} failed: {event.error}{hint}", severity="error", timeout=8)
-        if event.what == "load":
-            self.set_status("no model loaded (see the error); quit with Ctrl+Q")
-        elif event.what == "open":
+        if event.what == "open":
             self.set_status(f"reopened {self.chat['id']}, with what could be restored")
         elif event.what == "draw":
             self.set_status("no picture (see the error)")
