@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import threading
+import types
 
 import pytest
 from textual.app import App as TextualApp
@@ -265,3 +266,26 @@ def test_chat_command_prints_the_load_error(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         chat.main(["--model", "nowhere"])
     assert str(e.value) == "error: no model at nowhere"  # sys.exit(text): on stderr, status 1
+
+
+def test_copy_never_claims_what_it_did_not_do():
+    async def test(app, pilot):
+        await say(pilot, "hi")
+        await reply_done(app, pilot)
+        with pytest.MonkeyPatch.context() as mac:  # a Mac without pbcopy
+            mac.setattr(app_module, "sys", types.SimpleNamespace(platform="darwin"))
+            mac.setenv("PATH", "")
+            await pilot.press("ctrl+t")
+        await pilot.press("ctrl+t")  # Linux: OSC 52 only
+        assert not any("copied" in n for n in app.notes)
+        assert [n for n in app.notes if "clipboard" in n] == [app_module.OSC52_NOTE] * 2
+
+    run(test)
+
+
+def test_pbcopy_reports_failure(monkeypatch):
+    false, cat = shutil.which("false"), shutil.which("cat")  # stand-ins for a failing and a working pbcopy
+    monkeypatch.setattr(app_module, "sys", types.SimpleNamespace(platform="darwin"))
+    for found, works in ((None, False), (false, False), (cat, True)):
+        monkeypatch.setattr(app_module.shutil, "which", lambda name: found)
+        assert app_module.pbcopy("x") is works

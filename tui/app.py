@@ -1,6 +1,7 @@
 """The terminal chat app: multi-turn image chat with MGM, streamed as Markdown."""
 
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -50,11 +51,25 @@ attaching several) · `/detach [N]` remove attached image N (as numbered), or al
 diffusion model draws into the next free `mgm-image-NNN.png` here (needs the `[gen]` extra; see
 the README) · `/draw [TEXT]` draws TEXT, or else the last reply's `<h>` prompt or the reply itself
 
-Copying uses pbcopy on macOS, else the terminal's clipboard (OSC 52; in tmux it needs
-`set -g set-clipboard on`).
+Copying uses pbcopy on macOS, else the terminal's clipboard (OSC 52): not every terminal
+accepts it, and tmux needs `set -g set-clipboard on`.
 
 Press Esc to close.
 """
+
+
+OSC52_NOTE = "sent the last reply to the terminal's clipboard (OSC 52; not every terminal accepts it)"
+
+
+def pbcopy(text: str) -> bool:
+    """Copy with macOS's pbcopy; False where there is none or it failed."""
+    exe = sys.platform == "darwin" and shutil.which("pbcopy")
+    if not exe:
+        return False
+    try:
+        return subprocess.run([exe], input=text, text=True, timeout=5, check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def preview(image, width: int = 16) -> Text:
@@ -496,11 +511,11 @@ class ChatApp(App):
         if not replies:
             self.notify("no reply to copy yet", severity="warning")
             return
-        if sys.platform == "darwin":
-            subprocess.run(["pbcopy"], input=replies[-1], text=True, check=False)
-        else:
-            self.copy_to_clipboard(replies[-1])  # OSC 52: the terminal must allow it
-        self.notify("copied the last reply")
+        if pbcopy(replies[-1]):
+            self.notify("copied the last reply")
+            return
+        self.copy_to_clipboard(replies[-1])  # OSC 52: no answer comes back, so say only what was done
+        self.notify(OSC52_NOTE)
 
     def action_export(self, path: str | None = None) -> None:
         target = Path(path or f"mgm-chat-{time.strftime('%Y%m%d-%H%M%S')}.md").expanduser()
