@@ -11,13 +11,15 @@ import types
 
 import pytest
 from textual.app import App as TextualApp
+from textual.geometry import Region
 from textual.widgets import OptionList, Static
 
-from test_tui import FakeEngine, Prompt, home, reply_done, run, say, status, until  # noqa: F401
+from test_tui import REPLY, App, FakeEngine, Prompt, home, reply_done, run, say, status, until  # noqa: F401
 
 from mgm_mlx.tui import app as app_module
 from mgm_mlx.tui import store
 from mgm_mlx.tui.app import ChatApp
+from mgm_mlx.tui.engine import Done, Piece, Stats
 
 TURN = {"user": "hello there", "images": [], "assistant": "hi"}
 
@@ -26,6 +28,16 @@ def chats_folder(home):
     folder = home / "home" / "chats"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def shown(widget) -> str:
+    """What a widget (and what is inside it) sends to the terminal, as text."""
+    out = []
+    for w in [widget, *widget.query("*")]:
+        if w.size.width and w.size.height:
+            for strip in w.render_lines(Region(0, 0, w.size.width, w.size.height)):
+                out.append("".join(segment.text for segment in strip))
+    return "\n".join(out)
 
 
 async def open_list(app, pilot):
@@ -289,3 +301,53 @@ def test_pbcopy_reports_failure(monkeypatch):
     for found, works in ((None, False), (false, False), (cat, True)):
         monkeypatch.setattr(app_module.shutil, "which", lambda name: found)
         assert app_module.pbcopy("x") is works
+
+
+# ---- what the model, a chat file or a file name holds is shown, never acted on
+
+EVIL = "clear \x1b[2J clipboard \x1b]52;c;aGk=\x07 red \x1b[31mtext\x1b[0m [/x] [@click=app.quit]q[/]"
+
+
+class EvilEngine(FakeEngine):
+    def _stream(self, draw=False):
+        self.post(Piece(EVIL))
+        self.post(Done(Stats(0, {}, 1.0, 1.0, 1, 0.1, 10, 2048), False))
+
+
+def test_terminal_escapes_in_replies_are_shown_not_sent(home):
+    async def test(app, pilot):
+        await say(pilot, "say \x1b[2J")
+        await reply_done(app, pilot)
+        for widget in (app.query(".assistant").last(), app.query(".user").last()):
+            text = shown(widget)
+            assert "\x1b" not in text and "\x07" not in text and "␛[2J" in text
+        reply = shown(app.query(".assistant").last())
+        assert "␛]52;c;aGk=␇" in reply and "[/x]" in reply
+        saved = json.loads(next((home / "home" / "chats").glob("*.json")).read_text())
+        assert saved["turns"][0]["assistant"] == EVIL.strip()  # the chat keeps what the model said
+        await pilot.press("ctrl+n")
+        options = await open_list(app, pilot)
+        assert "\x1b" not in str(options.get_option_at_index(0).prompt)
+        options.action_select()
+        await until(pilot, lambda: len(app.query(".assistant")) == 1 and "reopened" in status(app), timeout=10)
+        assert "\x1b" not in shown(app.query(".assistant").last())
+
+    run(test, engine=EvilEngine)
+
+
+def test_markup_in_names_titles_and_errors_is_plain_text(home):
+    (home / "[b]x.png").write_bytes((home / "house.png").read_bytes())
+    title = {**TURN, "user": "[/x] [@click=app.quit]q"}
+    (chats_folder(home) / "c.json").write_text(json.dumps({"model": "m", "turns": [title]}))
+
+    async def test(app, pilot):
+        await say(pilot, "/image [b]x.png")
+        assert "[b]x.png" in str(app.query_one("#attachments", Static).render())
+        await say(pilot, '/image "[/nope].png"')
+        assert any("[/nope].png" in n for n in app.notes)
+        options = await open_list(app, pilot)
+        assert "[/x] [@click=app.quit]q" in str(options.get_option_at_index(0).prompt)
+        await pilot.pause(0.2)
+        assert app.is_running
+
+    run(test)

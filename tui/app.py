@@ -1,5 +1,6 @@
 """The terminal chat app: multi-turn image chat with MGM, streamed as Markdown."""
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -59,6 +60,15 @@ Press Esc to close.
 
 
 OSC52_NOTE = "sent the last reply to the terminal's clipboard (OSC 52; not every terminal accepts it)"
+# what a terminal acts on instead of showing: C0 controls but newline and tab, DEL, C1
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """Text made harmless for the screen: the model, a chat file or a file name could otherwise
+    clear it or set the clipboard (ESC [2J, OSC 52). Controls become visible symbols (ESC -> ␛)."""
+    return CONTROL.sub(lambda m: chr(0x2400 + ord(m[0])) if m[0] < " " else "␡" if m[0] == "\x7f" else "\ufffd",
+                       text.replace("\r\n", "\n"))
 
 
 def pbcopy(text: str) -> bool:
@@ -158,8 +168,8 @@ class ChatList(ModalScreen):
         chats, self.skipped = store.listing()
         with Vertical(id="chats"):
             yield Static("Reopen a chat (Enter opens, Esc cancels)" if chats else "No saved chats yet (Esc)")
-            yield OptionList(*[f"{name}  {title}  ({n} turn{'s' * (n != 1)})" for name, title, n in chats],
-                             id="chat-list")
+            yield OptionList(*[shown(f"{name}  {title}  ({n} turn{'s' * (n != 1)})") for name, title, n in chats],
+                             id="chat-list", markup=False)
         self.ids = [name for name, _, _ in chats]
 
     def on_mount(self) -> None:
@@ -220,6 +230,11 @@ class ChatApp(App):
         self.stream = None
         self.reply_text = ""
 
+    def notify(self, message, **kwargs) -> None:
+        """Every notice as plain, harmless text: paths and errors may hold [markup] or escapes."""
+        kwargs.setdefault("markup", False)
+        super().notify(shown(str(message)), **kwargs)
+
     @property
     def base(self):
         """The chat screen (queries must not land in a modal on top of it)."""
@@ -227,9 +242,9 @@ class ChatApp(App):
 
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="transcript")
-        yield Static("", id="attachments")
+        yield Static("", id="attachments", markup=False)  # file names are not markup
         yield Prompt(id="prompt")
-        yield Static("starting ...", id="status")
+        yield Static("starting ...", id="status", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -248,7 +263,7 @@ class ChatApp(App):
     async def on_piece(self, event: Piece) -> None:
         self.reply_text += event.text
         if self.stream is not None:
-            await self.stream.write(event.text)
+            await self.stream.write(shown(event.text))
 
     async def on_done(self, event: Done) -> None:
         await self.finish_reply()
@@ -270,13 +285,13 @@ class ChatApp(App):
         self.busy = False  # only now: status, transcript and saved chat all show the finished turn
 
     async def on_drawn(self, event: Drawn) -> None:
-        body = Text(f"[picture: {event.path}]\n", style="bold")
+        body = Text(shown(f"[picture: {event.path}]\n"), style="bold")
         try:
             with PILImage.open(event.path) as picture:
                 body.append_text(preview(picture.convert("RGB"), 32))
         except OSError:
             pass
-        body.append(f"prompt: {event.prompt}", style="italic")
+        body.append(shown(f"prompt: {event.prompt}"), style="italic")
         await self.base.query_one("#transcript").mount(Static(body, classes="picture"))
         if self.chat["turns"]:
             self.chat["turns"][-1].setdefault("pictures", []).append(event.path)
@@ -317,7 +332,8 @@ class ChatApp(App):
                 prompt.text = "\n".join(filter(None, (user, prompt.text)))  # and a draft typed meanwhile stays
             elif event.what == "regenerate" and not self.reply_text.strip():
                 # show the old reply again
-                await self.base.query_one("#transcript").mount(Markdown(self.chat["turns"][-1]["assistant"], classes="assistant"))
+                await self.base.query_one("#transcript").mount(Markdown(shown(self.chat["turns"][-1]["assistant"]),
+                                                                        classes="assistant"))
             self.busy = False
 
     # ---- sending
@@ -349,12 +365,12 @@ class ChatApp(App):
     async def add_user(self, text: str, images) -> None:
         body = Text()
         for path in images:
-            body.append(f"[image: {Path(path).name}]\n", style="bold")
+            body.append(shown(f"[image: {Path(path).name}]\n"), style="bold")
             try:
                 body.append_text(preview(load_image(path)))
             except ImageError:
                 pass
-        body.append(text)
+        body.append(shown(text))
         await self.base.query_one("#transcript").mount(Static(body, classes="user"))
 
     async def start_reply(self) -> None:
@@ -457,10 +473,10 @@ class ChatApp(App):
     def show_attachments(self) -> None:
         names = "  ".join(f"{i}: {p.name}" for i, p in enumerate(self.pending, 1))
         line = f"attached: {names}  (/detach N removes one)" if names else ""
-        self.base.query_one("#attachments", Static).update(line)
+        self.base.query_one("#attachments", Static).update(shown(line))
 
     def set_status(self, text: str) -> None:
-        self.base.query_one("#status", Static).update(text)
+        self.base.query_one("#status", Static).update(shown(text))
 
     def save(self) -> None:
         """Save the chat. When that fails the chat stays on screen and Ctrl+S still exports it;
@@ -546,9 +562,9 @@ class ChatApp(App):
         await transcript.remove_children()
         for turn in self.chat["turns"]:
             await self.add_user(turn["user"], turn["images"])
-            await transcript.mount(Markdown(turn["assistant"], classes="assistant"))
+            await transcript.mount(Markdown(shown(turn["assistant"]), classes="assistant"))
             for path in turn.get("pictures", []):
-                await transcript.mount(Static(Text(f"[picture: {path}]", style="bold"), classes="picture"))
+                await transcript.mount(Static(Text(shown(f"[picture: {path}]"), style="bold"), classes="picture"))
         self.engine.new_chat([(t["user"], t["images"], t["assistant"]) for t in self.chat["turns"]])
         self.set_status(f"reopened {name}")
 
