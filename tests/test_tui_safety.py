@@ -217,6 +217,17 @@ def test_enter_while_a_reply_streams_keeps_the_draft():
     run(test, engine=lambda post: FakeEngine(post, delay=0.2))
 
 
+def test_text_typed_between_enter_and_sending_stays():
+    async def test(app, pilot):
+        prompt = app.query_one(Prompt)
+        prompt.text = "first question and then"  # Enter was pressed on "first question" ...
+        prompt.post_message(Prompt.Submitted("first question"))  # ... and more typed before the app took it
+        await until(pilot, lambda: app.engine.sent and not app.busy, timeout=10)
+        assert app.engine.sent[0][0] == "first question" and prompt.text == "and then"
+
+    run(test)
+
+
 def test_a_failed_reply_gives_its_text_back_without_eating_the_draft():
     async def test(app, pilot):
         app.engine.error = "out of memory"

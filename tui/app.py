@@ -109,9 +109,11 @@ class Prompt(TextArea):
         self.sent, self.index = [], 0
 
     def accept(self, text: str) -> None:
+        """Take the sent `text` out of the prompt; what was typed after Enter, before this, stays."""
         self.sent.append(text)
         self.index = len(self.sent)
-        self.clear()
+        rest = self.text.strip()
+        self.text = rest[len(text):].lstrip() if rest.startswith(text) else ""
 
     async def _on_key(self, event) -> None:
         row = self.cursor_location[0]
