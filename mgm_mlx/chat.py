@@ -35,7 +35,9 @@ def main(argv=None):
     def engine(post):
         return MLXEngine(post, args.model, args.max_tokens, args.temp, args.gen_model, size, args.gen_keep)
 
-    ChatApp(engine, args.model).run()
+    error = ChatApp(engine, args.model).run()  # "error: ..." when the model did not load
+    if error:
+        sys.exit(error)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The terminal chat app: multi-turn image chat with MGM, streamed as Markdown."""
 
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -42,18 +44,42 @@ HELP = """\
 
 # Commands
 
-`/image PATH [PATH ...]` attach images to the next message (quote paths with spaces) ·
+`/image PATH [PATH ...]` attach images to the next message (quote paths with spaces when
+attaching several) · `/detach [N]` remove attached image N (as numbered), or all of them ·
 `/new` · `/export [FILE]` · `/open` · `/help`
 
 `/gen TEXT` asks for a picture: MGM answers and writes a prompt inside `<h>...</h>`, which a
 diffusion model draws into the next free `mgm-image-NNN.png` here (needs the `[gen]` extra; see
 the README) · `/draw [TEXT]` draws TEXT, or else the last reply's `<h>` prompt or the reply itself
 
-Copying uses pbcopy on macOS, else the terminal's clipboard (OSC 52; in tmux it needs
-`set -g set-clipboard on`).
+Copying uses pbcopy on macOS, else the terminal's clipboard (OSC 52): not every terminal
+accepts it, and tmux needs `set -g set-clipboard on`.
 
 Press Esc to close.
 """
+
+
+OSC52_NOTE = "sent the last reply to the terminal's clipboard (OSC 52; not every terminal accepts it)"
+# what a terminal acts on instead of showing: C0 controls but newline and tab, DEL, C1
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: str) -> str:
+    """Text made harmless for the screen: the model, a chat file or a file name could otherwise
+    clear it or set the clipboard (ESC [2J, OSC 52). Controls become visible symbols (ESC -> ␛)."""
+    return CONTROL.sub(lambda m: chr(0x2400 + ord(m[0])) if m[0] < " " else "␡" if m[0] == "\x7f" else "\ufffd",
+                       text.replace("\r\n", "\n"))
+
+
+def pbcopy(text: str) -> bool:
+    """Copy with macOS's pbcopy; False where there is none or it failed."""
+    exe = sys.platform == "darwin" and shutil.which("pbcopy")
+    if not exe:
+        return False
+    try:
+        return subprocess.run([exe], input=text, text=True, timeout=5, check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def preview(image, width: int = 16) -> Text:
@@ -82,16 +108,20 @@ class Prompt(TextArea):
         super().__init__(**kwargs)
         self.sent, self.index = [], 0
 
+    def accept(self, text: str) -> None:
+        """Take the sent `text` out of the prompt; what was typed after Enter, before this, stays."""
+        self.sent.append(text)
+        self.index = len(self.sent)
+        rest = self.text.strip()
+        self.text = rest[len(text):].lstrip() if rest.startswith(text) else ""
+
     async def _on_key(self, event) -> None:
         row = self.cursor_location[0]
         if event.key == "enter":
             event.prevent_default()
             event.stop()
             text = self.text.strip()
-            if text:
-                self.sent.append(text)
-                self.index = len(self.sent)
-                self.clear()
+            if text:  # cleared by the app once it takes the text (accept): a refused draft stays
                 self.post_message(self.Submitted(text))
         elif event.key == "ctrl+j":
             event.prevent_default()
@@ -137,11 +167,19 @@ class ChatList(ModalScreen):
     BINDINGS = [Binding("escape", "dismiss", "cancel")]
 
     def compose(self) -> ComposeResult:
-        chats = store.listing()
+        chats, self.skipped = store.listing()
         with Vertical(id="chats"):
             yield Static("Reopen a chat (Enter opens, Esc cancels)" if chats else "No saved chats yet (Esc)")
-            yield OptionList(*[f"{cid}  {title}  ({n} turn{'s' * (n != 1)})" for cid, title, n in chats], id="chat-list")
-        self.ids = [cid for cid, _, _ in chats]
+            yield OptionList(*[shown(f"{name}  {title}  ({n} turn{'s' * (n != 1)})") for name, title, n in chats],
+                             id="chat-list", markup=False)
+        self.ids = [name for name, _, _ in chats]
+
+    def on_mount(self) -> None:
+        n = len(self.skipped)
+        if n:
+            names = ", ".join(sorted(self.skipped)[:10]) + (", ..." if n > 10 else "")
+            what = "chat file that is not a chat" if n == 1 else "chat files that are not chats"
+            self.app.notify(f"skipped {n} {what}: {names}", severity="warning", timeout=8)
 
     @on(OptionList.OptionSelected)
     def picked(self, event: OptionList.OptionSelected) -> None:
@@ -186,11 +224,18 @@ class ChatApp(App):
         self.engine_factory, self.model_name = engine_factory, model_name
         self.image_root = image_root or Path.cwd()
         self.chat = store.new_chat(model_name)
+        self.seen = None  # the saved file as this window last read or wrote it (store.stamp)
+        self.save_failed = False  # told once; told again only after a save that worked
         self.pending: list[Path] = []
         self.busy = False
         self.reply_widget: Markdown | None = None
         self.stream = None
         self.reply_text = ""
+
+    def notify(self, message, **kwargs) -> None:
+        """Every notice as plain, harmless text: paths and errors may hold [markup] or escapes."""
+        kwargs.setdefault("markup", False)
+        super().notify(shown(str(message)), **kwargs)
 
     @property
     def base(self):
@@ -199,9 +244,9 @@ class ChatApp(App):
 
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="transcript")
-        yield Static("", id="attachments")
+        yield Static("", id="attachments", markup=False)  # file names are not markup
         yield Prompt(id="prompt")
-        yield Static("starting ...", id="status")
+        yield Static("starting ...", id="status", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -220,7 +265,7 @@ class ChatApp(App):
     async def on_piece(self, event: Piece) -> None:
         self.reply_text += event.text
         if self.stream is not None:
-            await self.stream.write(event.text)
+            await self.stream.write(shown(event.text))
 
     async def on_done(self, event: Done) -> None:
         await self.finish_reply()
@@ -235,24 +280,24 @@ class ChatApp(App):
             f"{s.peak_memory:.2f} GB | ctx {s.context_used}/{s.context_max}"
         )
         self.chat["turns"][-1]["assistant"] = self.reply_text.strip()
-        store.save(self.chat)
+        self.save()
         if event.draw:  # the engine draws the reply's picture next; still busy
             self.set_status("drawing ... (Esc stops)")
             return
         self.busy = False  # only now: status, transcript and saved chat all show the finished turn
 
     async def on_drawn(self, event: Drawn) -> None:
-        body = Text(f"[picture: {event.path}]\n", style="bold")
+        body = Text(shown(f"[picture: {event.path}]\n"), style="bold")
         try:
             with PILImage.open(event.path) as picture:
                 body.append_text(preview(picture.convert("RGB"), 32))
         except OSError:
             pass
-        body.append(f"prompt: {event.prompt}", style="italic")
+        body.append(shown(f"prompt: {event.prompt}"), style="italic")
         await self.base.query_one("#transcript").mount(Static(body, classes="picture"))
         if self.chat["turns"]:
             self.chat["turns"][-1].setdefault("pictures", []).append(event.path)
-            store.save(self.chat)
+            self.save()
         self.notify(f"saved {event.path}")
         self.set_status(f"picture saved to {event.path} ({event.seconds:.1f} s, seed {event.seed})")
         self.busy = False
@@ -262,11 +307,12 @@ class ChatApp(App):
             self.set_status("drawing stopped")
             self.busy = False
             return
+        if event.what == "load":  # nothing works without a model: leave with one line, as generate does
+            self.exit(f"error: {event.error}", return_code=1)
+            return
         hint = "; Ctrl+N starts a new chat" if "at most" in event.error else ""
         self.notify(f"{event.what} failed: {event.error}{hint}", severity="error", timeout=8)
-        if event.what == "load":
-            self.set_status("no model loaded (see the error); quit with Ctrl+Q")
-        elif event.what == "open":
+        if event.what == "open":
             self.set_status(f"reopened {self.chat['id']}, with what could be restored")
         elif event.what == "draw":
             self.set_status("no picture (see the error)")
@@ -283,10 +329,13 @@ class ChatApp(App):
                 self.pending = [Path(p) for p in turn["images"]] + self.pending
                 self.show_attachments()
                 user = turn["user"]
-                self.base.query_one(Prompt).text = "/gen " + user[: -len(GEN)] if user.endswith(GEN) else user
+                user = "/gen " + user[: -len(GEN)] if user.endswith(GEN) else user
+                prompt = self.base.query_one(Prompt)
+                prompt.text = "\n".join(filter(None, (user, prompt.text)))  # and a draft typed meanwhile stays
             elif event.what == "regenerate" and not self.reply_text.strip():
                 # show the old reply again
-                await self.base.query_one("#transcript").mount(Markdown(self.chat["turns"][-1]["assistant"], classes="assistant"))
+                await self.base.query_one("#transcript").mount(Markdown(shown(self.chat["turns"][-1]["assistant"]),
+                                                                        classes="assistant"))
             self.busy = False
 
     # ---- sending
@@ -294,11 +343,13 @@ class ChatApp(App):
     @on(Prompt.Submitted)
     async def submitted(self, event: Prompt.Submitted) -> None:
         text = event.text
+        if self.busy and (not text.startswith("/") or text.split()[0] in ("/gen", "/draw")):
+            self.notify("wait for the reply, or press Esc to stop it; your text stays in the prompt",
+                        severity="warning")
+            return
+        self.base.query_one(Prompt).accept(text)
         if text.startswith("/"):
             await self.command(text)
-            return
-        if self.busy:
-            self.notify("wait for the reply, or press Esc to stop it", severity="warning")
             return
         await self.send_turn(text)
 
@@ -316,12 +367,12 @@ class ChatApp(App):
     async def add_user(self, text: str, images) -> None:
         body = Text()
         for path in images:
-            body.append(f"[image: {Path(path).name}]\n", style="bold")
+            body.append(shown(f"[image: {Path(path).name}]\n"), style="bold")
             try:
                 body.append_text(preview(load_image(path)))
             except ImageError:
                 pass
-        body.append(text)
+        body.append(shown(text))
         await self.base.query_one("#transcript").mount(Static(body, classes="user"))
 
     async def start_reply(self) -> None:
@@ -340,15 +391,9 @@ class ChatApp(App):
     async def command(self, text: str) -> None:
         name, _, rest = text.partition(" ")
         if name == "/image":
-            try:
-                paths = shlex.split(rest)
-            except ValueError as e:
-                self.notify(f"/image: {e}", severity="error")
-                return
-            if not paths:
-                self.notify("usage: /image PATH [PATH ...]", severity="warning")
-            for arg in paths:
-                self.attach(Path(arg).expanduser())
+            self.attach_command(rest)
+        elif name == "/detach":
+            self.detach(rest.strip())
         elif name == "/new":
             await self.action_new_chat()
         elif name == "/export":
@@ -386,6 +431,38 @@ class ChatApp(App):
         self.set_status("drawing ...")
         self.engine.draw(text)
 
+    def attach_command(self, rest: str) -> None:
+        """/image a.png "b c.png", or one unquoted path with spaces; never a fragment of a path."""
+        whole = Path(rest.strip()).expanduser()
+        try:
+            args = [Path(a).expanduser() for a in shlex.split(rest)]
+        except ValueError as e:  # e.g. the quote in Bob's photo.png
+            args, problem = None, f"/image: {e}"
+        if args and all(p.exists() for p in args):
+            for path in args:
+                self.attach(path)
+        elif rest.strip() and whole.is_file():
+            self.attach(whole)
+        elif args is None:
+            self.notify(problem, severity="error")
+        elif not args:
+            self.notify("usage: /image PATH [PATH ...]", severity="warning")
+        else:
+            missing = ", ".join(str(p) for p in args if not p.exists())
+            self.notify(f"not found: {missing}; nothing attached (quote paths with spaces)", severity="error")
+
+    def detach(self, which: str) -> None:
+        """/detach: every pending image; /detach N: the Nth, as numbered in the attachments line."""
+        if which in ("", "all"):
+            gone, self.pending = self.pending, []
+        elif which.isdigit() and 1 <= int(which) <= len(self.pending):
+            gone = [self.pending.pop(int(which) - 1)]
+        else:
+            self.notify(f"/detach: no attachment {which} (there are {len(self.pending)})", severity="warning")
+            return
+        self.show_attachments()
+        self.notify(("detached " + ", ".join(p.name for p in gone)) if gone else "nothing was attached")
+
     def attach(self, path: Path) -> None:
         try:
             load_image(path)
@@ -396,11 +473,28 @@ class ChatApp(App):
         self.show_attachments()
 
     def show_attachments(self) -> None:
-        names = ", ".join(p.name for p in self.pending)
-        self.base.query_one("#attachments", Static).update(f"attached: {names}" if names else "")
+        names = "  ".join(f"{i}: {p.name}" for i, p in enumerate(self.pending, 1))
+        line = f"attached: {names}  (/detach N removes one)" if names else ""
+        self.base.query_one("#attachments", Static).update(shown(line))
 
     def set_status(self, text: str) -> None:
-        self.base.query_one("#status", Static).update(text)
+        self.base.query_one("#status", Static).update(shown(text))
+
+    def save(self) -> None:
+        """Save the chat. When that fails the chat stays on screen and Ctrl+S still exports it;
+        when another window changed the file, this chat goes on under a new name."""
+        name = self.chat["id"]
+        try:
+            self.seen = store.save(self.chat, self.seen)
+        except OSError as e:
+            if not self.save_failed:
+                self.notify(f"{e}; the chat stays here, Ctrl+S exports it", severity="error", timeout=10)
+            self.save_failed = True
+            return
+        self.save_failed = False
+        if self.chat["id"] != name:
+            self.notify(f"another window changed chat {name}; this one is saved as a new chat {self.chat['id']}",
+                        severity="warning", timeout=10)
 
     # ---- actions
 
@@ -416,8 +510,8 @@ class ChatApp(App):
             self.notify("stop the reply first (Esc)", severity="warning")
             return
         await self.base.query_one("#transcript").remove_children()
-        self.chat, self.pending = store.new_chat(self.model_name), []
-        self.show_attachments()
+        # the draft text stays in the prompt, so its attached images stay too
+        self.chat, self.seen = store.new_chat(self.model_name), None
         self.engine.new_chat()
         self.set_status("new chat")
 
@@ -435,11 +529,11 @@ class ChatApp(App):
         if not replies:
             self.notify("no reply to copy yet", severity="warning")
             return
-        if sys.platform == "darwin":
-            subprocess.run(["pbcopy"], input=replies[-1], text=True, check=False)
-        else:
-            self.copy_to_clipboard(replies[-1])  # OSC 52: the terminal must allow it
-        self.notify("copied the last reply")
+        if pbcopy(replies[-1]):
+            self.notify("copied the last reply")
+            return
+        self.copy_to_clipboard(replies[-1])  # OSC 52: no answer comes back, so say only what was done
+        self.notify(OSC52_NOTE)
 
     def action_export(self, path: str | None = None) -> None:
         target = Path(path or f"mgm-chat-{time.strftime('%Y%m%d-%H%M%S')}.md").expanduser()
@@ -451,27 +545,30 @@ class ChatApp(App):
         self.notify(f"exported to {target}")
 
     def action_open_chat(self) -> None:
-        def opened(chat_id):
-            if chat_id:
-                self.call_later(self.reopen, chat_id)
+        def opened(name):
+            if name:
+                self.call_later(self.reopen, name)
 
         self.push_screen(ChatList(), opened)
 
-    async def reopen(self, chat_id: str) -> None:
+    async def reopen(self, name: str) -> None:
         if self.busy:
             self.notify("stop the reply first (Esc)", severity="warning")
             return
-        self.chat, self.pending = store.load(chat_id), []
-        self.show_attachments()
+        try:  # changed or gone since the list was shown
+            self.chat, self.seen = store.load(name)
+        except (OSError, ValueError) as e:
+            self.notify(f"cannot open chat {name}: {e}", severity="error")
+            return
         transcript = self.base.query_one("#transcript")
         await transcript.remove_children()
         for turn in self.chat["turns"]:
             await self.add_user(turn["user"], turn["images"])
-            await transcript.mount(Markdown(turn["assistant"], classes="assistant"))
+            await transcript.mount(Markdown(shown(turn["assistant"]), classes="assistant"))
             for path in turn.get("pictures", []):
-                await transcript.mount(Static(Text(f"[picture: {path}]", style="bold"), classes="picture"))
+                await transcript.mount(Static(Text(shown(f"[picture: {path}]"), style="bold"), classes="picture"))
         self.engine.new_chat([(t["user"], t["images"], t["assistant"]) for t in self.chat["turns"]])
-        self.set_status(f"reopened {chat_id}")
+        self.set_status(f"reopened {name}")
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
