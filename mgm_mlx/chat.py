@@ -1,4 +1,4 @@
-"""Chat with MGM in the terminal (a Textual app).
+"""`python -m mgm_mlx.chat`: the terminal chat app (a Textual app, in tui/).
 
     python -m mgm_mlx.chat --model mgm-2b-4bit
     python -m mgm_mlx.chat --model mgm-7b-4bit --gen-size 768      # /gen draws 768x768 pictures
@@ -7,17 +7,15 @@
 import argparse
 import sys
 
+from . import cli
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mgm_mlx.chat", description="Chat with MGM about images.")
     parser.add_argument("--model", required=True, help="converted folder, released folder or repo id")
     parser.add_argument("--max-tokens", "-m", type=int, default=512)
     parser.add_argument("--temp", type=float, default=0.0)
-    gen = parser.add_argument_group("pictures (/gen, /draw; pip install 'mgm-mlx[gen]', see the README)")
-    gen.add_argument("--gen-model", default="flux-schnell", help="flux-schnell (default), flux-schnell-4bit or sd3-medium")
-    gen.add_argument("--gen-size", default="1024", help="N or WIDTHxHEIGHT, multiples of 16 (default 1024)")
-    gen.add_argument("--gen-keep", action="store_true",
-                     help="keep the diffusion model in memory between pictures (faster, needs more memory)")
+    cli.add_gen_arguments(parser, draw=False)
     args = parser.parse_args(argv)
 
     from .diffusion import check_size, spec

@@ -16,7 +16,10 @@ from common import mode_variants
 from mgm_mlx.tui import store
 from mgm_mlx.tui.app import ChatApp, HelpScreen, ImagePicker, Prompt
 from mgm_mlx.tui import app as app_module
-from mgm_mlx.tui.engine import Done, Drawn, Loaded, MLXEngine, Piece, Stats, Worker
+from mgm_mlx.tui import widgets
+from mgm_mlx.session import ContextFull, Response
+from mgm_mlx.tui.engine import MLXEngine, Worker
+from mgm_mlx.tui.messages import Done, Drawn, Loaded, Piece
 
 REPLY = "Here is a **red house** under a yellow sun.\n\n```python\nprint('house')\n```"
 
@@ -64,7 +67,7 @@ class FakeEngine(Worker):
     def _stream(self, draw=False):
         if self.error:
             error, self.error = self.error, None
-            raise ValueError(error)
+            raise error
         stopped = False
         for word in REPLY.split(" "):
             if self.stop.is_set():
@@ -72,10 +75,16 @@ class FakeEngine(Worker):
                 break
             self.post(Piece(word + " "))
             time.sleep(self.delay)
-        self.post(Done(Stats(576, {"clip": 5, "convnext": 6, "mining": 7}, 100.0, 20.0, 12, 0.5, 700, 2048), stopped,
+        self.post(Done(stats(576, {"clip": 5, "convnext": 6, "mining": 7}, 100.0, 20.0, 12, 0.5, 700, 2048), stopped,
                        draw and not stopped))
         if draw and not stopped:
             self.submit("draw", self._draw, "a red house under a yellow sun")
+
+
+def stats(image_tokens, vision_ms, prompt_tps, generation_tps, generation_tokens, peak_memory, context, context_max):
+    """The last piece of a reply, as the engine sends it in Done."""
+    return Response("", 0, None, False, 0, prompt_tps, generation_tokens, generation_tps, peak_memory, "stop",
+                    image_tokens=image_tokens, vision_ms=vision_ms, context_tokens=context, context_max=context_max)
 
 
 class App(ChatApp):
@@ -217,7 +226,7 @@ def test_new_chat_regenerate_copy_export(home):
         assert len(app.query(".assistant")) == 1  # the reply was replaced, not added
         await pilot.press("ctrl+t")
         mac = sys.platform == "darwin" and shutil.which("pbcopy")  # else only OSC 52, which is not "copied"
-        assert app.notes[-1] == ("copied the last reply" if mac else app_module.OSC52_NOTE)
+        assert app.notes[-1] == ("copied the last reply" if mac else widgets.OSC52_NOTE)
         await say(pilot, "/export chat.md")
         text = (home / "chat.md").read_text()
         assert "**You:**" in text and "First" in text and "red house" in text
@@ -262,7 +271,7 @@ def test_history_help_and_unknown_command():
 
 def test_errors_are_notifications_and_the_app_goes_on(home):
     async def test(app, pilot):
-        app.engine.error = "the prompt is 2100 tokens (576 for images); the model takes at most 2048"
+        app.engine.error = ContextFull("the prompt is 2100 tokens (576 for images); the model takes at most 2048")
         await say(pilot, f"/image {home / 'house.png'}")
         await say(pilot, "too much")
         await until(pilot, lambda: any("at most 2048" in n for n in app.notes) and not app.busy)
@@ -275,7 +284,7 @@ def test_errors_are_notifications_and_the_app_goes_on(home):
         await say(pilot, "again")
         await reply_done(app, pilot)
         assert len(app.chat["turns"]) == 1
-        app.engine.error = "out of memory"  # a failed regenerate keeps the old reply
+        app.engine.error = RuntimeError("out of memory")  # a failed regenerate keeps the old reply
         await pilot.press("ctrl+r")
         await until(pilot, lambda: any("regenerate failed" in n for n in app.notes) and not app.busy)
         assert len(app.query(".assistant")) == 1 and app.chat["turns"][0]["assistant"].startswith("Here is")
@@ -328,7 +337,7 @@ def test_reopening_with_an_image_that_is_gone(home):
     while not any(getattr(m, "what", None) == "open" for m in posted):
         assert time.monotonic() < end
         time.sleep(0.05)
-    assert "gone.png" in [m for m in posted if getattr(m, "what", None) == "open"][0].error
+    assert "gone.png" in [m for m in posted if getattr(m, "what", None) == "open"][0].text
     assert engine.chat.messages == ["hi", "hello", "and?", "more"]  # every turn kept, the image left out
 
 

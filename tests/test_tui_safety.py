@@ -14,12 +14,14 @@ from textual.app import App as TextualApp
 from textual.geometry import Region
 from textual.widgets import OptionList, Static
 
-from test_tui import REPLY, App, FakeEngine, Prompt, home, reply_done, run, say, status, until  # noqa: F401
+from test_tui import REPLY, App, FakeEngine, Prompt, home, reply_done, run, say, stats, status, until  # noqa: F401
 
 from mgm_mlx.tui import app as app_module
+from mgm_mlx.tui import screens, widgets
 from mgm_mlx.tui import store
 from mgm_mlx.tui.app import ChatApp
-from mgm_mlx.tui.engine import Done, Piece, Stats
+from mgm_mlx.session import ContextFull
+from mgm_mlx.tui.messages import Done, Piece
 
 TURN = {"user": "hello there", "images": [], "assistant": "hi"}
 
@@ -186,7 +188,7 @@ def test_a_chat_changed_by_another_window_is_saved_as_a_new_chat(home):
 
 def test_new_chat_after_context_full_keeps_the_images(home):
     async def test(app, pilot):
-        app.engine.error = "the prompt is 2100 tokens (576 for images); the model takes at most 2048"
+        app.engine.error = ContextFull("the prompt is 2100 tokens (576 for images); the model takes at most 2048")
         await say(pilot, f"/image {home / 'house.png'}")
         await say(pilot, "too much")
         await until(pilot, lambda: any("Ctrl+N starts a new chat" in n for n in app.notes) and not app.busy)
@@ -230,7 +232,7 @@ def test_text_typed_between_enter_and_sending_stays():
 
 def test_a_failed_reply_gives_its_text_back_without_eating_the_draft():
     async def test(app, pilot):
-        app.engine.error = "out of memory"
+        app.engine.error = RuntimeError("out of memory")
         await say(pilot, "the question")
         app.query_one(Prompt).insert("a draft")  # typed while the reply waits in line
         await until(pilot, lambda: "reply failed" in status(app) and not app.busy)
@@ -264,7 +266,7 @@ def test_detach_removes_pending_images(home):
         assert app.pending == [home / "cat.png"] and any("no attachment 5" in n for n in app.notes)
         await say(pilot, "/detach")
         assert app.pending == [] and str(app.query_one("#attachments", Static).render()) == ""
-        assert "/detach" in app_module.HELP
+        assert "/detach" in screens.HELP
 
     run(test)
 
@@ -296,22 +298,22 @@ def test_copy_never_claims_what_it_did_not_do():
         await say(pilot, "hi")
         await reply_done(app, pilot)
         with pytest.MonkeyPatch.context() as mac:  # a Mac without pbcopy
-            mac.setattr(app_module, "sys", types.SimpleNamespace(platform="darwin"))
+            mac.setattr(widgets, "sys", types.SimpleNamespace(platform="darwin"))
             mac.setenv("PATH", "")
             await pilot.press("ctrl+t")
         await pilot.press("ctrl+t")  # Linux: OSC 52 only
         assert not any("copied" in n for n in app.notes)
-        assert [n for n in app.notes if "clipboard" in n] == [app_module.OSC52_NOTE] * 2
+        assert [n for n in app.notes if "clipboard" in n] == [widgets.OSC52_NOTE] * 2
 
     run(test)
 
 
 def test_pbcopy_reports_failure(monkeypatch):
     false, cat = shutil.which("false"), shutil.which("cat")  # stand-ins for a failing and a working pbcopy
-    monkeypatch.setattr(app_module, "sys", types.SimpleNamespace(platform="darwin"))
+    monkeypatch.setattr(widgets, "sys", types.SimpleNamespace(platform="darwin"))
     for found, works in ((None, False), (false, False), (cat, True)):
-        monkeypatch.setattr(app_module.shutil, "which", lambda name: found)
-        assert app_module.pbcopy("x") is works
+        monkeypatch.setattr(widgets.shutil, "which", lambda name: found)
+        assert widgets.pbcopy("x") is works
 
 
 # ---- what the model, a chat file or a file name holds is shown, never acted on
@@ -322,7 +324,7 @@ EVIL = "clear \x1b[2J clipboard \x1b]52;c;aGk=\x07 red \x1b[31mtext\x1b[0m [/x] 
 class EvilEngine(FakeEngine):
     def _stream(self, draw=False):
         self.post(Piece(EVIL))
-        self.post(Done(Stats(0, {}, 1.0, 1.0, 1, 0.1, 10, 2048), False))
+        self.post(Done(stats(0, {}, 1.0, 1.0, 1, 0.1, 10, 2048), False))
 
 
 def test_terminal_escapes_in_replies_are_shown_not_sent(home):

@@ -1,10 +1,11 @@
-"""The terminal chat app: multi-turn image chat with MGM, streamed as Markdown."""
+"""The terminal chat app: multi-turn image chat with MGM, streamed as Markdown.
 
-import re
+The layout is in app.tcss, the modal screens in screens.py, the prompt and helpers in
+widgets.py; every MLX call runs on the engine's worker thread (engine.py), which answers
+with the typed messages of messages.py.
+"""
+
 import shlex
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,200 +14,22 @@ from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
-from textual.message import Message
-from textual.screen import ModalScreen
-from textual.widgets import DirectoryTree, Footer, Markdown, OptionList, Static, TextArea
+from textual.containers import VerticalScroll
+from textual.widgets import Footer, Markdown, Static
 
-from ..image import ImageError, load_image
-from ..imagegen import GEN, extract_prompt, missing_extra, reply_prompt, with_gen
+from mgm_mlx.image import ImageError, load_image
+from mgm_mlx.imagegen import GEN, Stopped, extract_prompt, missing_extra, reply_prompt, with_gen
+from mgm_mlx.session import ContextFull
+
 from . import store
-from .engine import Done, Drawn, Failed, Loaded, Piece, Progress
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-HELP = """\
-# Keys
-
-| key | what |
-|---|---|
-| Enter | send |
-| Ctrl+J | new line in the prompt |
-| Up / Down | earlier prompts (on the first / last line) |
-| Esc | stop the reply (the part so far stays) |
-| Ctrl+O | attach an image with a file picker |
-| Ctrl+N | new chat |
-| Ctrl+R | regenerate the last reply |
-| Ctrl+T | copy the last reply |
-| Ctrl+S | export the chat to Markdown (a file in this folder) |
-| Ctrl+L | reopen a saved chat |
-| F1 | this help |
-| Ctrl+Q | quit |
-
-# Commands
-
-`/image PATH [PATH ...]` attach images to the next message (quote paths with spaces when
-attaching several) · `/detach [N]` remove attached image N (as numbered), or all of them ·
-`/new` · `/export [FILE]` · `/open` · `/help`
-
-`/gen TEXT` asks for a picture: MGM answers and writes a prompt inside `<h>...</h>`, which a
-diffusion model draws into the next free `mgm-image-NNN.png` here (needs the `[gen]` extra; see
-the README) · `/draw [TEXT]` draws TEXT, or else the last reply's `<h>` prompt or the reply itself
-
-Copying uses pbcopy on macOS, else the terminal's clipboard (OSC 52): not every terminal
-accepts it, and tmux needs `set -g set-clipboard on`.
-
-Press Esc to close.
-"""
-
-
-OSC52_NOTE = "sent the last reply to the terminal's clipboard (OSC 52; not every terminal accepts it)"
-# what a terminal acts on instead of showing: C0 controls but newline and tab, DEL, C1
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def shown(text: str) -> str:
-    """Text made harmless for the screen: the model, a chat file or a file name could otherwise
-    clear it or set the clipboard (ESC [2J, OSC 52). Controls become visible symbols (ESC -> ␛)."""
-    return CONTROL.sub(lambda m: chr(0x2400 + ord(m[0])) if m[0] < " " else "␡" if m[0] == "\x7f" else "\ufffd",
-                       text.replace("\r\n", "\n"))
-
-
-def pbcopy(text: str) -> bool:
-    """Copy with macOS's pbcopy; False where there is none or it failed."""
-    exe = sys.platform == "darwin" and shutil.which("pbcopy")
-    if not exe:
-        return False
-    try:
-        return subprocess.run([exe], input=text, text=True, timeout=5, check=False).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
-def preview(image, width: int = 16) -> Text:
-    """A few lines of coloured half blocks: a thumbnail in any truecolor terminal."""
-    h = max(2, round(width * image.height / image.width / 2) * 2)
-    small = image.resize((width, min(h, 12)))
-    px = small.load()
-    text = Text()
-    for y in range(0, small.height - 1, 2):
-        for x in range(small.width):
-            top, bottom = px[x, y], px[x, y + 1]
-            text.append("▀", style=f"rgb({top[0]},{top[1]},{top[2]}) on rgb({bottom[0]},{bottom[1]},{bottom[2]})")
-        text.append("\n")
-    return text
-
-
-class Prompt(TextArea):
-    """Multi-line prompt: Enter sends, Ctrl+J adds a line, Up/Down walk the history."""
-
-    class Submitted(Message):
-        def __init__(self, text: str):
-            super().__init__()
-            self.text = text
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.sent, self.index = [], 0
-
-    def accept(self, text: str) -> None:
-        """Take the sent `text` out of the prompt; what was typed after Enter, before this, stays."""
-        self.sent.append(text)
-        self.index = len(self.sent)
-        rest = self.text.strip()
-        self.text = rest[len(text):].lstrip() if rest.startswith(text) else ""
-
-    async def _on_key(self, event) -> None:
-        row = self.cursor_location[0]
-        if event.key == "enter":
-            event.prevent_default()
-            event.stop()
-            text = self.text.strip()
-            if text:  # cleared by the app once it takes the text (accept): a refused draft stays
-                self.post_message(self.Submitted(text))
-        elif event.key == "ctrl+j":
-            event.prevent_default()
-            event.stop()
-            self.insert("\n")
-        elif event.key == "up" and row == 0 and self.sent:
-            event.prevent_default()
-            event.stop()
-            self.index = max(0, self.index - 1)
-            self.text = self.sent[self.index]
-        elif event.key == "down" and row == self.document.line_count - 1 and self.index < len(self.sent):
-            event.prevent_default()
-            event.stop()
-            self.index += 1
-            self.text = self.sent[self.index] if self.index < len(self.sent) else ""
-
-
-class ImageTree(DirectoryTree):
-    def filter_paths(self, paths):
-        return [p for p in paths if p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES]
-
-
-class ImagePicker(ModalScreen):
-    """Pick an image file; Esc cancels."""
-
-    BINDINGS = [Binding("escape", "dismiss", "cancel")]
-
-    def __init__(self, root: Path):
-        super().__init__()
-        self.root = root
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="picker"):
-            yield Static("Attach an image (Enter picks, Esc cancels; /image PATH for files elsewhere)")
-            yield ImageTree(self.root)
-
-    @on(DirectoryTree.FileSelected)
-    def picked(self, event: DirectoryTree.FileSelected) -> None:
-        self.dismiss(event.path)
-
-
-class ChatList(ModalScreen):
-    BINDINGS = [Binding("escape", "dismiss", "cancel")]
-
-    def compose(self) -> ComposeResult:
-        chats, self.skipped = store.listing()
-        with Vertical(id="chats"):
-            yield Static("Reopen a chat (Enter opens, Esc cancels)" if chats else "No saved chats yet (Esc)")
-            yield OptionList(*[shown(f"{name}  {title}  ({n} turn{'s' * (n != 1)})") for name, title, n in chats],
-                             id="chat-list", markup=False)
-        self.ids = [name for name, _, _ in chats]
-
-    def on_mount(self) -> None:
-        n = len(self.skipped)
-        if n:
-            names = ", ".join(sorted(self.skipped)[:10]) + (", ..." if n > 10 else "")
-            what = "chat file that is not a chat" if n == 1 else "chat files that are not chats"
-            self.app.notify(f"skipped {n} {what}: {names}", severity="warning", timeout=8)
-
-    @on(OptionList.OptionSelected)
-    def picked(self, event: OptionList.OptionSelected) -> None:
-        self.dismiss(self.ids[event.option_index])
-
-
-class HelpScreen(ModalScreen):
-    BINDINGS = [Binding("escape", "dismiss", "close"), Binding("f1", "dismiss", "close")]
-
-    def compose(self) -> ComposeResult:
-        with VerticalScroll(id="help"):
-            yield Markdown(HELP)
+from .messages import Done, Drawn, Failed, Loaded, Piece, Progress
+from .screens import ChatList, HelpScreen, ImagePicker
+from .widgets import OSC52_NOTE, Prompt, pbcopy, preview, shown
 
 
 class ChatApp(App):
     TITLE = "mgm-mlx"
-    CSS = """
-    #transcript { height: 1fr; padding: 0 1; }
-    .user { margin: 1 0 0 0; padding: 0 1; background: $boost; }
-    .assistant { margin: 0 0 0 2; }
-    .picture { margin: 0 0 0 2; }
-    #attachments { height: auto; color: $text-muted; padding: 0 1; }
-    #prompt { height: 5; }
-    #status { height: 1; background: $panel; color: $text-muted; padding: 0 1; }
-    #picker, #chats, #help { width: 80%; height: 80%; border: round $accent; background: $surface; }
-    ImagePicker, ChatList, HelpScreen { align: center middle; }
-    """
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses live elsewhere
     BINDINGS = [
         Binding("escape", "stop", "stop"),
         Binding("ctrl+o", "pick_image", "image"),
@@ -271,14 +94,8 @@ class ChatApp(App):
         await self.finish_reply()
         if not self.reply_text.strip() and self.reply_widget is not None:
             await self.reply_widget.update("*(empty reply)*")
-        s = event.stats
-        vision = "+".join(f"{s.vision_ms.get(k, 0):.0f}" for k in ("clip", "convnext", "mining"))
-        self.set_status(
-            ("stopped | " if event.stopped else "")
-            + (f"{s.image_tokens} image tok, vision {vision} ms | " if s.image_tokens else "")
-            + f"prefill {s.prompt_tps:.0f} t/s | gen {s.generation_tps:.1f} t/s | "
-            f"{s.peak_memory:.2f} GB | ctx {s.context_used}/{s.context_max}"
-        )
+        self.set_status(("stopped" if event.stopped else "") if event.response is None else
+                        ("stopped | " if event.stopped else "") + stats_line(event.response))
         self.chat["turns"][-1]["assistant"] = self.reply_text.strip()
         self.save()
         if event.draw:  # the engine draws the reply's picture next; still busy
@@ -303,15 +120,15 @@ class ChatApp(App):
         self.busy = False
 
     async def on_failed(self, event: Failed) -> None:
-        if event.what == "draw" and event.error == "stopped":
+        if isinstance(event.error, Stopped):  # Esc while drawing: not an error
             self.set_status("drawing stopped")
             self.busy = False
             return
         if event.what == "load":  # nothing works without a model: leave with one line, as generate does
-            self.exit(f"error: {event.error}", return_code=1)
+            self.exit(f"error: {event.text}", return_code=1)
             return
-        hint = "; Ctrl+N starts a new chat" if "at most" in event.error else ""
-        self.notify(f"{event.what} failed: {event.error}{hint}", severity="error", timeout=8)
+        hint = "; Ctrl+N starts a new chat" if isinstance(event.error, ContextFull) else ""
+        self.notify(f"{event.what} failed: {event.text}{hint}", severity="error", timeout=8)
         if event.what == "open":
             self.set_status(f"reopened {self.chat['id']}, with what could be restored")
         elif event.what == "draw":
@@ -572,3 +389,11 @@ class ChatApp(App):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+
+def stats_line(r) -> str:
+    """The status line after a reply: image tokens and vision time, speeds, memory, context."""
+    vision = "+".join(f"{r.vision_ms.get(k, 0):.0f}" for k in ("clip", "convnext", "mining"))
+    return ((f"{r.image_tokens} image tok, vision {vision} ms | " if r.image_tokens else "")
+            + f"prefill {r.prompt_tps:.0f} t/s | gen {r.generation_tps:.1f} t/s | "
+            f"{r.peak_memory:.2f} GB | ctx {r.context_tokens}/{r.context_max}")

@@ -1,71 +1,16 @@
-"""The chat app's engine: every MLX call on one long-lived thread.
+"""The chat app's engine: the library's Chat (mgm_mlx.session) on one long-lived thread.
 
 MLX streams are thread-local (MLX >= 0.31.2), so the model is loaded and every turn is
 generated on the same worker thread; a new thread per turn breaks on the Mac GPU. The
-engine reports back by posting Textual messages, which is safe from any thread.
+engine reports back with the typed messages of messages.py (posting is thread-safe).
 """
 
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 
-from textual.message import Message
-
-
-class Loaded(Message):
-    def __init__(self, info: str):
-        super().__init__()
-        self.info = info
-
-
-class Progress(Message):
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-
-class Piece(Message):
-    """A piece of the reply being streamed."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-
-@dataclass
-class Stats:
-    image_tokens: int = 0
-    vision_ms: dict = field(default_factory=dict)
-    prompt_tps: float = 0.0
-    generation_tps: float = 0.0
-    generation_tokens: int = 0
-    peak_memory: float = 0.0
-    context_used: int = 0
-    context_max: int = 0
-
-
-class Done(Message):
-    def __init__(self, stats: Stats, stopped: bool, draw: bool = False):
-        super().__init__()
-        self.stats = stats
-        self.stopped = stopped
-        self.draw = draw  # a picture is drawn from this reply next
-
-
-class Drawn(Message):
-    """A picture was drawn and saved."""
-
-    def __init__(self, path: str, prompt: str, seconds: float, seed: int):
-        super().__init__()
-        self.path, self.prompt, self.seconds, self.seed = path, prompt, seconds, seed
-
-
-class Failed(Message):
-    def __init__(self, what: str, error: str):
-        super().__init__()
-        self.what = what
-        self.error = error
+from .messages import Done, Drawn, Failed, Loaded, Piece, Progress
 
 
 class Worker:
@@ -86,7 +31,7 @@ class Worker:
             try:
                 job(*args)
             except Exception as e:  # the app shows it and keeps running
-                self.post(Failed(what, " ".join(str(e).split()) or type(e).__name__))
+                self.post(Failed(what, e))
 
 
 class MLXEngine(Worker):
@@ -95,7 +40,8 @@ class MLXEngine(Worker):
     def __init__(self, post, model_path: str, max_tokens: int = 512, temp: float = 0.0,
                  gen_model: str = "flux-schnell", gen_size=(1024, 1024), gen_keep: bool = False, image_dir: str = "."):
         super().__init__(post)
-        self.model_path, self.max_tokens, self.temp = model_path, max_tokens, temp
+        self.model_path = model_path
+        self.settings = {"max_tokens": max_tokens, "temp": temp}
         self.gen_model, self.gen_size, self.gen_keep, self.image_dir = gen_model, gen_size, gen_keep, image_dir
         self.chat = None
         self.generator = None
@@ -117,8 +63,7 @@ class MLXEngine(Worker):
     def send(self, text: str, images: list, draw: bool = False):
         """draw: then draw the reply's <h>...</h> picture prompt (the text carries <GEN>)."""
         self.stop.clear()  # here, not on the worker: an Esc pressed while the job waits must count
-        self.submit("reply", self._stream, lambda c: c.stream(text, images, max_tokens=self.max_tokens, temp=self.temp),
-                    draw)
+        self.submit("reply", self._stream, lambda c: c.stream(text, images, **self.settings), draw)
 
     def draw(self, prompt: str):
         self.stop.clear()
@@ -126,14 +71,14 @@ class MLXEngine(Worker):
 
     def regenerate(self):
         self.stop.clear()
-        self.submit("regenerate", self._stream, lambda c: c.regenerate(max_tokens=self.max_tokens, temp=self.temp))
+        self.submit("regenerate", self._stream, lambda c: c.regenerate(**self.settings))
 
     def new_chat(self, turns=()):
         """Start over; `turns` (user, image paths, answer) put a saved conversation back."""
         self.submit("open", self._reset, list(turns))
 
     def _reset(self, turns):
-        from mgm_mlx import ImageError, load_image
+        from mgm_mlx import ImageError
 
         if self.chat is None:
             return  # nothing to reset; sending will say that no model is loaded
@@ -143,8 +88,7 @@ class MLXEngine(Worker):
             found = []
             for path in images:
                 try:
-                    load_image(path)  # is it still there? add_turn does the preprocessing once
-                    found.append(path)
+                    found.append(self.chat.session.encode(path))  # each image once, through the cache
                 except ImageError:
                     missing.append(path)
             self.chat.add_turn(user, found, answer)
@@ -163,47 +107,43 @@ class MLXEngine(Worker):
                 break
             self.post(Piece(r.text))
             text.append(r.text)
-        stats = Stats(context_used=self.chat.context_used, context_max=self.chat.model.max_length)
-        if r is not None:
-            stats = Stats(r.image_tokens, r.vision_ms, r.prompt_tps, r.generation_tps, r.generation_tokens,
-                          r.peak_memory, self.chat.context_used, self.chat.model.max_length)
         draw = draw and not stopped
-        self.post(Done(stats, stopped, draw))
+        self.post(Done(r, stopped, draw))
         if draw:
             self.submit("draw", self._draw_reply, "".join(text))
 
     def _draw_reply(self, reply: str):
-        from mgm_mlx.imagegen import extract_prompt
+        from mgm_mlx.imagegen import GenerationError, NoPicturePrompt, picture_prompt
 
-        prompt = extract_prompt(reply)
-        if prompt is None:
-            raise RuntimeError("the reply has no <h>...</h> picture prompt (MGM-2B often leaves it out); "
-                               "/draw draws the reply text itself")
+        try:
+            prompt = picture_prompt(reply)
+        except NoPicturePrompt as e:
+            raise GenerationError(f"{e}; /draw draws the reply text itself") from None
         self._draw(prompt)
 
     def _generator(self):
-        from mgm_mlx.imagegen import ImageRequest, get_generator
+        from mgm_mlx.imagegen import prepare
 
         if self.generator is None:
-            self.generator = get_generator(model=self.gen_model, keep=self.gen_keep)
-            self.generator.check(ImageRequest("a picture", *self.gen_size))
-        self.generator.check_weights()
+            self.generator, self.request = prepare(self.gen_model, self.gen_size, keep=self.gen_keep)
+        else:
+            self.generator.check_weights()
         return self.generator
 
     def _draw(self, prompt: str):
-        from mgm_mlx.imagegen import ImageRequest, Stopped, next_image_path, save_png
+        from mgm_mlx.imagegen import Stopped, next_image_path, save_png
 
         generator = self._generator()
-        width, height = self.gen_size
+        request = replace(self.request, prompt=prompt)
 
         def step(i, n):
             if self.stop.is_set():
                 raise Stopped
-            self.post(Progress(f"drawing {width}x{height} with {generator.name}: step {i}/{n} (Esc stops)"))
+            self.post(Progress(f"drawing {request.width}x{request.height} with {generator.name}: step {i}/{n} (Esc stops)"))
 
         if self.stop.is_set():
             raise Stopped
-        self.post(Progress(f"drawing {width}x{height} with {generator.name}: loading the model ..."))
-        picture = generator.generate(ImageRequest(prompt, width, height), progress=step)
+        self.post(Progress(f"drawing {request.width}x{request.height} with {generator.name}: loading the model ..."))
+        picture = generator.generate(request, progress=step)
         path = save_png(picture.image, next_image_path(self.image_dir)).resolve()  # saved chats find it anywhere
         self.post(Drawn(str(path), picture.request.prompt, picture.seconds, picture.request.seed))
