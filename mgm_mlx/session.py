@@ -160,6 +160,12 @@ class Session:
         self.vision_runs = 0  # how often the image path ran (a cache miss)
         self.reset()
 
+    def set_system(self, system: str | None):
+        """Another system prompt (None: the template's); the next reply re-reads from there."""
+        system = None if system is None else valid_text(system)
+        system_text(self.template, system)  # refuse a system prompt the template cannot take
+        self.system = system
+
     def reset(self):
         """Forget the KV cache (the image cache stays)."""
         self.cache, self._kind = None, None
@@ -273,8 +279,20 @@ class Chat:
                  session: Session | None = None):
         self.session = session or Session(model, processor, template, system)
         self.model, self.processor = self.session.model, self.session.processor
-        self.template, self.system = self.session.template, self.session.system
+        self.template = self.session.template
         self.turns = []
+
+    @property
+    def system(self) -> str | None:
+        return self.session.system
+
+    def drop_oldest_image(self) -> bool:
+        """Take the conversation's first image out (to make room); False if it has none."""
+        for i, turn in enumerate(self.turns):
+            if turn.images:
+                self.turns[i] = Turn(turn.user, turn.images[1:], turn.assistant)
+                return True
+        return False
 
     def reset(self):
         """Start a new conversation (same model, same settings)."""
