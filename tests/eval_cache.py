@@ -96,7 +96,7 @@ def pope_rows():
           ("adversarial", 2, "Is there a backpack in the image?", "no"),
           ("random", 1, "Is there a dog in the image?", "no"),
           ("random", 2, "Is there a person in the image?", "yes")]
-    return [dict(id=str(i), question_id=qid, question=q, answer=a, image_source="COCO_val2014_000000310196",
+    return [dict(id=str(i), question_id=str(qid), question=q, answer=a, image_source="COCO_val2014_000000310196",
                  image=image(20 + i), category=c) for i, (c, qid, q, a) in enumerate(qa)]
 
 
@@ -107,7 +107,7 @@ def mmbench_rows():
         opts = {k: options[i] if i < len(options) else "nan" for i, k in enumerate("ABCD")}
         rows.append(dict(index=index, question=question, hint=hint, **opts, answer=answer, category=category,
                          image=image(seed), source="scienceqa", **{"l2-category": "attribute_reasoning"},
-                         split="dev", comment="nan"))
+                         comment="nan", split="dev"))
 
     q = "Which material is this spatula made of?"
     add(293, q, ["rubber", "cotton"], "A")
@@ -150,7 +150,8 @@ def make_cache(cache: Path) -> dict:
                               "data/test-00000-of-00001.parquet": write_table(tv[:1])}, tv),
         "lmms-lab/MME": ({"data/test-00000-of-00001-a25dbe3b44c4fda6.parquet": write_table(mme_rows())}, mme_rows()),
         "lmms-lab/POPE": ({"data/test-00000-of-00001.parquet": write_table(pope_rows())}, pope_rows()),
-        "lmms-lab/MMBench": ({"en/dev-00000-of-00001.parquet": write_table(mmbench_rows())}, mmbench_rows()),
+        "lmms-lab/MMBench_EN": ({"data/dev-00000-of-00001-75b6649fb044d38b.parquet": write_table(mmbench_rows())},
+                                mmbench_rows()),
         "lmms-lab/MMVet": ({"data/test-00000-of-00001.parquet": write_table(mmvet_rows())}, mmvet_rows()),
         "AI4Math/MathVista": ({"data/testmini-00000-of-00001-725687bf7a18d64b.parquet":
                                write_table(mathvista_rows(), image_columns=("decoded_image",))}, mathvista_rows()),

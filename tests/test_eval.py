@@ -132,7 +132,7 @@ def test_max_new_tokens_and_data_as_the_reference():
     # model_vqa_mmbench.py, model_vqa.py (MM-Vet) and model_math_vista.py
     assert {n: t.max_tokens for n, t in tasks.TASKS.items()} == {
         "textvqa": 128, "mme": 128, "pope": 128, "mmbench": 1024, "mmvet": 1024, "mathvista": 1024}
-    assert tasks.TASKS["textvqa"].repo == "lmms-lab/textvqa" and tasks.TASKS["mmbench"].files == "en/dev-*.parquet"
+    assert tasks.TASKS["textvqa"].repo == "lmms-lab/textvqa" and tasks.TASKS["mmbench"].repo == "lmms-lab/MMBench_EN"
 
 
 def test_judge_prompts_follow_the_graders():
@@ -333,7 +333,7 @@ def test_scores_end_to_end(offline, checkpoint, tmp_path, monkeypatch):
     assert s["categories"]["adversarial"]["accuracy"] == 0.5 and s["categories"]["random"]["accuracy"] == 0.5
     assert s["categories"]["adversarial"]["yes_ratio"] == 1.0 and s["categories"]["random"]["f1"] == 0.0
 
-    rows = offline["lmms-lab/MMBench"]
+    rows = offline["lmms-lab/MMBench_EN"]
     mmb = {tasks.mmbench_prompt(x): x["answer"] for x in rows}
     wrong = next(x for x in rows if x["index"] == 2000261)
     mmb[tasks.mmbench_prompt(wrong)] = "The answer is " + ("B." if wrong["answer"] != "B" else "C.")

@@ -235,7 +235,9 @@ class POPE(Task):
 
 class MMBench(Task):
     name, title = "mmbench", "MMBench (dev, English)"
-    repo, files, size = "lmms-lab/MMBench", "en/dev-*.parquet", 4329
+    # lmms-lab/MMBench_EN's dev split has the 4,377 rows of mmbench_dev_20230712.tsv, the file MGM
+    # scored (lmms-lab/MMBench "en" holds the later 4,329-row dev set)
+    repo, files, size = "lmms-lab/MMBench_EN", "data/dev-*.parquet", 4377
     max_tokens = 1024
     columns = ("index!", "question!", "hint", "A!", "B!", "C", "D", "answer!", "category")
     source = "mgm/eval/model_vqa_mmbench.py --single-pred-prompt + MMBench circular evaluation"
