@@ -264,6 +264,30 @@ def test_released_model_names():
         ("MME perception", 1300.0, 1341), ("MME cognition", 300.0, 312)]
 
 
+# ---------------------------------------------------------------- data
+
+def test_rows_and_images_come_from_the_cache(offline):
+    import numpy as np
+
+    from eval_cache import png
+    from mgm_mlx.eval.data import Table, decode_image, locate
+    from mgm_mlx.image import ImageError
+
+    files, revision = locate("lmms-lab/textvqa", tasks.TASKS["textvqa"].files)
+    assert [f.name for f in files] == ["validation-00000-of-00002.parquet", "validation-00001-of-00002.parquet"]
+    assert revision.startswith("0123") and all(f.is_symlink() for f in files)  # snapshot links into blobs/
+    table = Table(files)
+    rows = table.rows(tasks.TASKS["textvqa"].columns)
+    assert [r["question_id"] for r in rows] == [34602, 34603, 34604, 34605, 34606]
+    for seed, row in enumerate(rows):  # two files, row groups of two rows: each image is its own row's
+        expected = np.asarray(Image.open(__import__("io").BytesIO(png(seed))))
+        assert np.array_equal(np.asarray(table.image(row["_ref"])), expected)
+    with pytest.raises(ImageError, match="not a readable image"):
+        decode_image({"bytes": b"GIF89a broken", "path": "x.gif"}, "row 3")
+    with pytest.raises(ImageError, match="no image bytes"):
+        decode_image({"bytes": None, "path": "x.jpg"})
+
+
 # ---------------------------------------------------------------- end to end on a tiny model
 
 @pytest.mark.parametrize("task", ["textvqa", "mme", "pope", "mmbench", "mmvet", "mathvista"])

@@ -115,10 +115,11 @@ def decode_image(value, where: str = "image") -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         w, h = image.size
-        if w * h > MAX_PIXELS:
-            if image.format != "JPEG":
+        if w * h > MAX_PIXELS:  # as image.load_image: a large JPEG is decoded at 1/2 to 1/8 scale
+            scale = next((s for s in (2, 4, 8) if -(-w // s) * -(-h // s) <= MAX_PIXELS), None)
+            if image.format != "JPEG" or scale is None:
                 raise ImageError(f"{where} is {w}x{h} pixels, more than mgm-mlx reads")
-            image.draft(image.mode, (-(-w // 8), -(-h // 8)))
+            image.draft(image.mode, (-(-w // scale), -(-h // scale)))
         image.load()
     except ImageError:
         raise
