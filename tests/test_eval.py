@@ -537,6 +537,17 @@ def test_incomplete_download_is_not_used(tmp_path, checkpoint, monkeypatch, caps
     assert "the Hugging Face cache holds only part of data/validation-*.parquet" in capsys.readouterr().err
 
 
+def test_python_m_with_the_cache_from_the_environment(cache, checkpoint, tmp_path):
+    import os
+
+    env = {**os.environ, "HF_HUB_CACHE": str(cache[0]), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "mgm_mlx.eval", "--model", str(checkpoint), "--task", "pope",
+                          "--limit", "1", "--output", str(tmp_path), "--quiet"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "| POPE F1 (mean of categories) |" in out.stdout and len(lines(tmp_path / "pope-answers.jsonl")) == 1
+
+
 def test_module_and_console_script(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mgm_mlx.eval", "--model", "x", "--task", "nope"],
                          capture_output=True, text=True, cwd=tmp_path)
