@@ -295,7 +295,7 @@ def test_each_task_end_to_end(offline, checkpoint, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(tasks.TASKS[task], "max_tokens", min(tasks.TASKS[task].max_tokens, 16))  # a random model
     asked = []
     real = runner.answer
-    monkeypatch.setattr(runner, "answer", lambda *a, **k: asked.append(a[3]) or real(*a, **k))
+    monkeypatch.setattr(runner, "answer", lambda *a, **k: asked.append(a[2]) or real(*a, **k))
     assert run("--model", checkpoint, "--task", task, "--limit", 1, "--output", tmp_path, "--quiet") == 0
     answers = lines(tmp_path / f"{task}-answers.jsonl")
     assert [a["prompt"] for a in answers] == asked and len(asked) == {"mme": 2, "mmbench": len(asked)}.get(task, 1)
@@ -320,7 +320,7 @@ def scripted(monkeypatch, replies):
     """runner.answer replaced by replies[prompt]; returns the list of prompts asked."""
     asked = []
 
-    def fake(model, processor, image, prompt, max_tokens, template=None):
+    def fake(session, image, prompt, max_tokens):
         assert isinstance(image, Image.Image) and image.size == (40, 30)
         asked.append(prompt)
         reply = replies(prompt) if callable(replies) else replies[prompt]

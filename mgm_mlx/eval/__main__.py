@@ -57,7 +57,7 @@ def _limit(text):
 
 
 def _main(args):
-    from ..prompt import TEMPLATES
+    from mgm_mlx.prompt import TEMPLATES
 
     task = TASKS.get(args.task)
     if task is None:
@@ -103,7 +103,7 @@ def _main(args):
     if pending:
         import mlx.core as mx
 
-        from ..loading import load
+        from mgm_mlx.loading import load
 
         print(f"{task.title}: {len(selected) - len(pending)} of {len(selected)} questions answered already; "
               f"loading {args.model}", file=sys.stderr)

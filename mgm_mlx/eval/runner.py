@@ -13,14 +13,17 @@ import sys
 import time
 from pathlib import Path
 
-from ..image import ImageError
+from mgm_mlx.image import ImageError
 
 
-def answer(model, processor, image, prompt: str, max_tokens: int, template: str | None = None) -> str:
-    """The model's greedy answer to one question about one image."""
-    from ..generate import Chat
+def answer(session, image, prompt: str, max_tokens: int) -> str:
+    """The model's greedy answer to one question about one image, in a fresh conversation.
+    One Session serves the whole run: the template's opening stays in its KV cache, and an
+    image asked about twice (MME's pairs) goes through the image path once."""
+    from mgm_mlx.session import Settings, Turn
 
-    return Chat(model, processor, template=template).send(prompt, [image], max_tokens=max_tokens, temp=0.0).strip()
+    settings = Settings(max_tokens=max_tokens, temp=0.0)
+    return "".join(r.text for r in session.stream([Turn(prompt, [image])], settings)).strip()
 
 
 def read_answers(path: Path) -> dict:
@@ -50,6 +53,10 @@ def run(task, items, table, model, processor, path: Path, done: dict, template: 
     """Ask every item not in `done`; append each answer to `path`; returns the new records."""
     from tqdm import tqdm
 
+    from mgm_mlx.session import Session
+
+    session = Session(model, processor, template)
+
     pending = [i for i in items if i.key not in done]
     scores = [s for s in (task.quick(i, done[i.key]["answer"]) for i in items if i.key in done) if s is not None]
     new = {}
@@ -64,7 +71,7 @@ def run(task, items, table, model, processor, path: Path, done: dict, template: 
             tic = time.perf_counter()
             try:
                 image = table.image(item.ref, task.image_column)
-                record["answer"] = answer(model, processor, image, item.prompt, task.max_tokens, template)
+                record["answer"] = answer(session, image, item.prompt, task.max_tokens)
             except (ImageError, ValueError) as e:  # an unreadable image, a prompt too long for the model
                 record["answer"], record["error"] = "", str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             record["seconds"] = round(time.perf_counter() - tic, 4)
