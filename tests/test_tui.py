@@ -31,6 +31,7 @@ class FakeEngine(Worker):
         super().__init__(post)
         self.delay, self.error, self.sent, self.turns, self.regenerated = delay, None, [], None, 0
         self.drawn = []
+        self.settings, self.system, self.regenerate_temps, self.dropped = {"max_tokens": 512, "temp": 0.0}, None, [], 0
         self.submit("load", self._load, load_error)
         self.busy_first = busy_first  # seconds the next job waits behind other work
 
@@ -56,24 +57,35 @@ class FakeEngine(Worker):
         mode_variants()["rgb"].resize((64, 48)).save(path)
         self.post(Drawn(path, prompt, 1.5, 42))
 
-    def regenerate(self):
+    def regenerate(self, temp=None):
         self.stop.clear()
         self.regenerated += 1
+        self.regenerate_temps.append(temp)
         self.submit("regenerate", self._stream)
 
     def new_chat(self, turns=()):
         self.turns = list(turns)
+
+    def configure(self, settings, system):
+        from mgm_mlx import Settings
+
+        Settings(**{**self.settings, **settings}).check()
+        self.settings.update(settings)
+        self.system = system
+
+    def drop_oldest_image(self):
+        self.dropped += 1
 
     def _stream(self, draw=False):
         if self.error:
             error, self.error = self.error, None
             raise error
         stopped = False
-        for word in REPLY.split(" "):
+        for n, word in enumerate(REPLY.split(" "), 1):
             if self.stop.is_set():
                 stopped = True
                 break
-            self.post(Piece(word + " "))
+            self.post(Piece(word + " ", stats(0, {}, 100.0, 20.0, n, 0.5, 700 + n, 2048)))
             time.sleep(self.delay)
         self.post(Done(stats(576, {"clip": 5, "convnext": 6, "mining": 7}, 100.0, 20.0, 12, 0.5, 700, 2048), stopped,
                        draw and not stopped))

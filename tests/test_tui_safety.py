@@ -36,8 +36,9 @@ def shown(widget) -> str:
     """What a widget (and what is inside it) sends to the terminal, as text."""
     out = []
     for w in [widget, *widget.query("*")]:
-        if w.size.width and w.size.height:
-            for strip in w.render_lines(Region(0, 0, w.size.width, w.size.height)):
+        size = w.outer_size  # borders and padding included
+        if size.width and size.height:
+            for strip in w.render_lines(Region(0, 0, size.width, size.height)):
                 out.append("".join(segment.text for segment in strip))
     return "\n".join(out)
 
@@ -238,7 +239,7 @@ def test_a_failed_reply_gives_its_text_back_without_eating_the_draft():
         await until(pilot, lambda: "reply failed" in status(app) and not app.busy)
         assert app.query_one(Prompt).text == "the question\na draft"
 
-    run(test, engine=lambda post: FakeEngine(post, busy_first=0.5))
+    run(test, engine=lambda post: FakeEngine(post, busy_first=2.0))
 
 
 def test_unquoted_image_path_with_spaces(home):

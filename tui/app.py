@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image as PILImage
 from rich.text import Text
 from textual import on
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Footer, Markdown, Static
@@ -21,9 +21,12 @@ from mgm_mlx.image import ImageError, load_image
 from mgm_mlx.imagegen import GEN, Stopped, extract_prompt, missing_extra, reply_prompt, with_gen
 from mgm_mlx.session import ContextFull
 
+REGENERATE_TEMP = 0.7  # Ctrl+R after a greedy reply samples at this temperature (greedy repeats)
+TEXT_RESERVE = 256  # tokens kept free for the question and the answer when counting images
+
 from . import store
 from .messages import Done, Drawn, Failed, Loaded, Piece, Progress
-from .screens import ChatList, HelpScreen, ImagePicker
+from .screens import ChatDeleted, ChatList, Choose, HelpScreen, ImagePicker, SettingsScreen
 from .widgets import OSC52_NOTE, Prompt, pbcopy, preview, shown
 
 
@@ -37,7 +40,8 @@ class ChatApp(App):
         Binding("ctrl+r", "regenerate", "regenerate"),
         Binding("ctrl+t", "copy_reply", "copy"),
         Binding("ctrl+s", "export", "export"),
-        Binding("ctrl+l", "open_chat", "open"),
+        Binding("ctrl+l", "open_chat", "chats"),
+        Binding("f2", "settings", "settings"),
         Binding("f1", "help", "help"),
         Binding("ctrl+q", "quit", "quit"),
     ]
@@ -51,6 +55,7 @@ class ChatApp(App):
         self.save_failed = False  # told once; told again only after a save that worked
         self.pending: list[Path] = []
         self.busy = False
+        self.image_tokens, self.context_max = 576, 2048  # told by the engine once the model is loaded
         self.reply_widget: Markdown | None = None
         self.stream = None
         self.reply_text = ""
@@ -83,12 +88,17 @@ class ChatApp(App):
         self.set_status(event.text)
 
     def on_loaded(self, event: Loaded) -> None:
+        self.image_tokens, self.context_max = event.image_tokens, event.context_max
         self.set_status(f"ready: {event.info}")
 
     async def on_piece(self, event: Piece) -> None:
         self.reply_text += event.text
         if self.stream is not None:
             await self.stream.write(shown(event.text))
+        r = event.response
+        if r is not None:  # live: how fast it goes, how much of the context it takes
+            self.set_status(f"generating (Esc stops) | {r.generation_tokens} tok, {r.generation_tps:.1f} t/s | "
+                            f"prefill {r.prompt_tps:.0f} t/s | ctx {r.context_tokens}/{r.context_max}")
 
     async def on_done(self, event: Done) -> None:
         await self.finish_reply()
@@ -151,8 +161,7 @@ class ChatApp(App):
                 prompt.text = "\n".join(filter(None, (user, prompt.text)))  # and a draft typed meanwhile stays
             elif event.what == "regenerate" and not self.reply_text.strip():
                 # show the old reply again
-                await self.base.query_one("#transcript").mount(Markdown(shown(self.chat["turns"][-1]["assistant"]),
-                                                                        classes="assistant"))
+                await self.base.query_one("#transcript").mount(self.reply_box(self.chat["turns"][-1]["assistant"]))
             self.busy = False
 
     # ---- sending
@@ -174,7 +183,8 @@ class ChatApp(App):
         images, self.pending = self.pending, []
         self.show_attachments()
         await self.add_user(text, images)
-        self.chat["turns"].append({"user": text, "images": [str(p) for p in images], "assistant": ""})
+        self.chat["turns"].append({"user": text, "images": [str(p) for p in images], "assistant": "",
+                                   "kept": [self.keep(p) for p in images]})
         await self.start_reply()
         if draw:
             self.engine.send(text, [str(p) for p in images], draw=True)
@@ -190,11 +200,13 @@ class ChatApp(App):
             except ImageError:
                 pass
         body.append(shown(text))
-        await self.base.query_one("#transcript").mount(Static(body, classes="user"))
+        widget = Static(body, classes="user")
+        widget.border_title = "You"
+        await self.base.query_one("#transcript").mount(widget)
 
     async def start_reply(self) -> None:
         self.busy, self.reply_text = True, ""
-        self.reply_widget = Markdown("", classes="assistant")
+        self.reply_widget = self.reply_box("")
         await self.base.query_one("#transcript").mount(self.reply_widget)
         self.stream = Markdown.get_stream(self.reply_widget)
         self.set_status("thinking ...")
@@ -219,6 +231,8 @@ class ChatApp(App):
             self.action_open_chat()
         elif name == "/help":
             self.action_help()
+        elif name == "/settings":
+            self.action_settings()
         elif name in ("/gen", "/draw"):
             await self.picture(name, rest.strip())
         else:
@@ -288,6 +302,7 @@ class ChatApp(App):
             return
         self.pending.append(path.resolve())  # saved chats must find it from anywhere
         self.show_attachments()
+        self.check_room()
 
     def show_attachments(self) -> None:
         names = "  ".join(f"{i}: {p.name}" for i, p in enumerate(self.pending, 1))
@@ -313,7 +328,86 @@ class ChatApp(App):
             self.notify(f"another window changed chat {name}; this one is saved as a new chat {self.chat['id']}",
                         severity="warning", timeout=10)
 
+    def reply_box(self, text: str) -> Markdown:
+        box = Markdown(shown(text), classes="assistant")
+        box.border_title = "MGM"
+        return box
+
+    def keep(self, path: Path):
+        """A copy of an attached image beside the saved chats (None when it cannot be kept)."""
+        try:
+            return store.keep_image(path)
+        except (OSError, ImageError) as e:
+            self.notify(f"{e}; the chat refers to the original file only", severity="warning")
+            return None
+
+    def check_room(self) -> None:
+        """MGM's context holds only a few images: say so when one more is attached, before the
+        question is typed, and offer a new chat or dropping the conversation's oldest image."""
+        room = max(1, (self.context_max - TEXT_RESERVE) // self.image_tokens)
+        count = sum(len(t["images"]) for t in self.chat["turns"]) + len(self.pending)
+        if count <= room:
+            return
+        question = (f"MGM's context ({self.context_max} tokens) holds about {room} image{'s' * (room != 1)} of "
+                    f"{self.image_tokens} tokens; this is image {count}.")
+        self.push_screen(Choose(question, {"new": "New chat with this image", "drop": "Drop the oldest image",
+                                           "keep": "Keep all (may not fit)"}), self.room_chosen)
+
+    async def room_chosen(self, choice) -> None:
+        if choice == "new":
+            await self.action_new_chat()
+        elif choice == "drop":
+            for turn in self.chat["turns"]:
+                if turn["images"]:
+                    gone = turn["images"].pop(0)
+                    if turn.get("kept"):
+                        turn["kept"].pop(0)
+                    self.engine.drop_oldest_image()
+                    self.save()
+                    break
+            else:
+                gone = str(self.pending.pop(0))
+                self.show_attachments()
+            self.notify(f"dropped {Path(gone).name} from the conversation")
+
+    def on_chat_deleted(self, event: ChatDeleted) -> None:
+        if event.name == self.chat["id"]:  # what is on screen is no longer saved anywhere
+            self.chat["id"], self.seen = store.new_name(), None
+
+    def get_system_commands(self, screen):
+        """The command palette (Ctrl+P): the app's own actions first, then Textual's."""
+        for title, help, action in (
+            ("New chat", "start over (Ctrl+N)", self.action_new_chat),
+            ("Saved chats", "open, rename or delete a saved chat (Ctrl+L)", self.action_open_chat),
+            ("Settings", "temperature, top-p, max tokens, system prompt (F2)", self.action_settings),
+            ("Attach an image", "with a file picker (Ctrl+O)", self.action_pick_image),
+            ("Regenerate", "answer the last question again (Ctrl+R)", self.action_regenerate),
+            ("Copy the last reply", "to the clipboard (Ctrl+T)", self.action_copy_reply),
+            ("Export", "the chat to Markdown (Ctrl+S)", self.action_export),
+            ("Stop", "the reply or the picture (Esc)", self.action_stop),
+            ("Keys and commands", "help (F1)", self.action_help),
+        ):
+            yield SystemCommand(title, help, action)
+        yield from super().get_system_commands(screen)
+
     # ---- actions
+
+    def action_settings(self) -> None:
+        template = getattr(getattr(self.engine, "chat", None), "template", None)
+        has_system = template is None or template != "gemma"
+        self.push_screen(SettingsScreen(self.engine.settings, getattr(self.engine, "system", None), has_system),
+                         self.settings_chosen)
+
+    def settings_chosen(self, result) -> None:
+        if result is None:
+            return
+        settings, system = result
+        try:
+            self.engine.configure(settings, system)
+        except ValueError as e:
+            self.notify(f"settings not changed: {e}", severity="error")
+            return
+        self.notify("settings saved for the next replies")
 
     def action_stop(self) -> None:
         if self.busy:
@@ -339,7 +433,11 @@ class ChatApp(App):
         if last:
             await last.last().remove()
         await self.start_reply()
-        self.engine.regenerate()
+        if self.engine.settings.get("temp", 0) == 0:  # greedy would give the same reply again
+            self.notify(f"regenerating with temperature {REGENERATE_TEMP} (greedy repeats the reply; F2 changes it)")
+            self.engine.regenerate(REGENERATE_TEMP)
+        else:
+            self.engine.regenerate()
 
     def action_copy_reply(self) -> None:
         replies = [t["assistant"] for t in self.chat["turns"] if t["assistant"]]
@@ -380,11 +478,12 @@ class ChatApp(App):
         transcript = self.base.query_one("#transcript")
         await transcript.remove_children()
         for turn in self.chat["turns"]:
-            await self.add_user(turn["user"], turn["images"])
-            await transcript.mount(Markdown(shown(turn["assistant"]), classes="assistant"))
+            await self.add_user(turn["user"], [store.image_path(turn, i) for i in range(len(turn["images"]))])
+            await transcript.mount(self.reply_box(turn["assistant"]))
             for path in turn.get("pictures", []):
                 await transcript.mount(Static(Text(shown(f"[picture: {path}]"), style="bold"), classes="picture"))
-        self.engine.new_chat([(t["user"], t["images"], t["assistant"]) for t in self.chat["turns"]])
+        self.engine.new_chat([(t["user"], [store.image_path(t, i) for i in range(len(t["images"]))], t["assistant"])
+                              for t in self.chat["turns"]])
         self.set_status(f"reopened {name}")
 
     def action_help(self) -> None:

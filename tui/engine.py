@@ -38,10 +38,11 @@ class MLXEngine(Worker):
     """mgm-mlx's Chat behind the worker thread (and the picture generator, when asked)."""
 
     def __init__(self, post, model_path: str, max_tokens: int = 512, temp: float = 0.0,
-                 gen_model: str = "flux-schnell", gen_size=(1024, 1024), gen_keep: bool = False, image_dir: str = "."):
+                 gen_model: str = "flux-schnell", gen_size=(1024, 1024), gen_keep: bool = False, image_dir: str = ".",
+                 settings: dict | None = None, system: str | None = None, load_options: dict | None = None):
         super().__init__(post)
-        self.model_path = model_path
-        self.settings = {"max_tokens": max_tokens, "temp": temp}
+        self.model_path, self.system, self.load_options = model_path, system, load_options or {}
+        self.settings = {"max_tokens": max_tokens, "temp": temp, **(settings or {})}  # session.Settings fields
         self.gen_model, self.gen_size, self.gen_keep, self.image_dir = gen_model, gen_size, gen_keep, image_dir
         self.chat = None
         self.generator = None
@@ -56,22 +57,43 @@ class MLXEngine(Worker):
 
         self.post(Progress(f"loading {self.model_path} ..."))
         tic = time.perf_counter()
-        model, processor = load(self.model_path)
-        self.chat = Chat(model, processor)
-        self.post(Loaded(f"{self.model_path} ({processor.template}, {time.perf_counter() - tic:.1f} s)"))
+        model, processor = load(self.model_path, **self.load_options)
+        self.chat = Chat(model, processor, self.system)
+        self.post(Loaded(f"{self.model_path} ({processor.template}, {time.perf_counter() - tic:.1f} s)",
+                         model.vision.num_tokens, model.max_length))
+
+    def configure(self, settings: dict, system: str | None):
+        """New settings for the next replies (checked before anything else happens)."""
+        from mgm_mlx import Settings
+
+        Settings(**{**self.settings, **settings}).check()
+        self.settings.update(settings)
+        self.submit("settings", self._set_system, system)
+
+    def _set_system(self, system):
+        self.system = system
+        if self.chat is not None:
+            self.chat.session.set_system(system)
 
     def send(self, text: str, images: list, draw: bool = False):
         """draw: then draw the reply's <h>...</h> picture prompt (the text carries <GEN>)."""
         self.stop.clear()  # here, not on the worker: an Esc pressed while the job waits must count
-        self.submit("reply", self._stream, lambda c: c.stream(text, images, **self.settings), draw)
+        self.submit("reply", self._stream, lambda c, progress: c.stream(text, images, progress, **self.settings), draw)
 
     def draw(self, prompt: str):
         self.stop.clear()
         self.submit("draw", self._draw, prompt)
 
-    def regenerate(self):
+    def regenerate(self, temp: float | None = None):
+        """Answer the last question again; temp: sample at this temperature with a fresh seed
+        (greedy decoding would give the same reply again)."""
         self.stop.clear()
-        self.submit("regenerate", self._stream, lambda c: c.regenerate(**self.settings))
+        settings = self.settings if temp is None else {**self.settings, "temp": temp, "seed": None}
+        self.submit("regenerate", self._stream, lambda c, progress: c.regenerate(progress, **settings))
+
+    def drop_oldest_image(self):
+        """Take the conversation's first image out, to make room for another."""
+        self.submit("drop", lambda: self.chat is not None and self.chat.drop_oldest_image())
 
     def new_chat(self, turns=()):
         """Start over; `turns` (user, image paths, answer) put a saved conversation back."""
@@ -101,11 +123,15 @@ class MLXEngine(Worker):
         if draw:  # what would stop the picture fails the turn now, not after the reply
             self._generator()
         r, stopped, text = None, False, []
-        for r in start(self.chat):
+
+        def reading(done, total):  # mlx-lm reports the prompt as it goes through it
+            self.post(Progress(f"reading the prompt: {done}/{total} tokens (Esc stops after it)"))
+
+        for r in start(self.chat, reading):
             if self.stop.is_set():
                 stopped = True
                 break
-            self.post(Piece(r.text))
+            self.post(Piece(r.text, r))
             text.append(r.text)
         draw = draw and not stopped
         self.post(Done(r, stopped, draw))

@@ -9,9 +9,12 @@ from mgm_mlx.session import Response
 
 @dataclass
 class Loaded(Message):
-    """The model is ready; info says which and how long it took."""
+    """The model is ready; info says which and how long it took. image_tokens per image and
+    context_max let the app tell how many pictures a conversation holds."""
 
     info: str
+    image_tokens: int = 576
+    context_max: int = 2048
 
 
 @dataclass
@@ -23,9 +26,10 @@ class Progress(Message):
 
 @dataclass
 class Piece(Message):
-    """A piece of the reply being streamed."""
+    """A piece of the reply being streamed, with the reply's statistics so far."""
 
     text: str
+    response: Response | None = None
 
 
 @dataclass
