@@ -7,6 +7,7 @@ problem is one line that names the field.
 """
 
 import math
+import types
 import typing
 from dataclasses import MISSING, fields
 
@@ -28,7 +29,7 @@ def matches(value, hint, depth: int = 0) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is typing.Any:
         return True
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+    if origin in (typing.Union, types.UnionType):  # Optional[int], int | None
         return any(matches(value, a, depth + 1) for a in args)
     if hint is type(None):
         return value is None
