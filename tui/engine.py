@@ -93,9 +93,13 @@ class MLXEngine(Worker):
     """mgm-mlx's Chat behind the worker thread (and the picture generator, when asked)."""
 
     def __init__(self, post, model_path: str, max_tokens: int = 512, temp: float = 0.0,
-                 gen_model: str = "flux-schnell", gen_size=(1024, 1024), gen_keep: bool = False, image_dir: str = "."):
+                 gen_model: str = "flux-schnell", gen_size=(1024, 1024), gen_keep: bool = False, image_dir: str = ".",
+                 settings: dict | None = None, system: str | None = None, quantize_bits: int | None = None):
         super().__init__(post)
         self.model_path, self.max_tokens, self.temp = model_path, max_tokens, temp
+        # every reply's Settings (chat.py checked them); the system prompt and bits at load
+        self.settings = {"max_tokens": max_tokens, "temp": temp, **(settings or {})}
+        self.system, self.quantize_bits = system, quantize_bits
         self.gen_model, self.gen_size, self.gen_keep, self.image_dir = gen_model, gen_size, gen_keep, image_dir
         self.chat = None
         self.generator = None
@@ -110,14 +114,14 @@ class MLXEngine(Worker):
 
         self.post(Progress(f"loading {self.model_path} ..."))
         tic = time.perf_counter()
-        model, processor = load(self.model_path)
-        self.chat = Chat(model, processor)
+        model, processor = load(self.model_path, quantize_bits=self.quantize_bits)
+        self.chat = Chat(model, processor, self.system)
         self.post(Loaded(f"{self.model_path} ({processor.template}, {time.perf_counter() - tic:.1f} s)"))
 
     def send(self, text: str, images: list, draw: bool = False):
         """draw: then draw the reply's <h>...</h> picture prompt (the text carries <GEN>)."""
         self.stop.clear()  # here, not on the worker: an Esc pressed while the job waits must count
-        self.submit("reply", self._stream, lambda c: c.stream(text, images, max_tokens=self.max_tokens, temp=self.temp),
+        self.submit("reply", self._stream, lambda c: c.stream(text, images, **self.settings),
                     draw)
 
     def draw(self, prompt: str):
@@ -126,7 +130,7 @@ class MLXEngine(Worker):
 
     def regenerate(self):
         self.stop.clear()
-        self.submit("regenerate", self._stream, lambda c: c.regenerate(max_tokens=self.max_tokens, temp=self.temp))
+        self.submit("regenerate", self._stream, lambda c: c.regenerate(**self.settings))
 
     def new_chat(self, turns=()):
         """Start over; `turns` (user, image paths, answer) put a saved conversation back."""
