@@ -39,7 +39,7 @@ def printable(text: str) -> str:
                        f"\\x{ord(m.group()):02x}", text)
 
 
-def main(argv=None):
+def parser():
     parser = cli.Parser(prog=cli.prog("mgm_mlx.generate"), description="Ask MGM about images.",
                         formatter_class=cli.HelpFormatter)
     cli.add_model_arguments(parser)
@@ -55,7 +55,11 @@ def main(argv=None):
     parser.add_argument("--verbose", action="store_true", help="also print load time and the formatted prompt")
     parser.add_argument("--quiet", action="store_true", help="print only the answer")
     cli.add_gen_arguments(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     args.gen = args.gen or args.gen_from_reply
     cli.run(_generate, args)
 
