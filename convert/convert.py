@@ -34,7 +34,7 @@ from mgm_mlx.prompt import TEMPLATES, TOKENIZER_FILES
 DTYPES = ("float16", "bfloat16", "float32")
 # Config keys that point at the original machine's folders.
 DROP_KEYS = ("mm_vision_tower", "mm_vision_tower_aux", "_name_or_path", "quantization_config")
-Q_BITS = (2, 3, 4, 5, 6, 8)  # what MLX's affine quantization takes
+Q_BITS = cli.Q_BITS  # what MLX's affine quantization takes
 Q_GROUP_SIZES = (16, 32, 64, 128)
 # MLX's quantization formats and the (group size, bits) each takes; affine: any of Q_BITS in
 # groups of 32, 64 or 128 (defaults as mlx-lm's quantize_model)
@@ -119,6 +119,7 @@ def convert(
     result on the Hugging Face hub. progress: a bar with the output size so far. source: the
     folder hf_path was already downloaded to."""
     given = Path(mlx_path).expanduser()
+    quantize = quantize or quant_predicate is not None or (q_mode or "affine") != "affine"  # as the flags imply
     if quantize and dequantize:
         raise ValueError("choose -q or --dequantize, not both")
     if quantize:

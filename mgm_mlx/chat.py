@@ -8,6 +8,7 @@ dict (session.Settings' fields).
 """
 
 import sys
+from pathlib import Path
 
 from . import cli
 
@@ -41,6 +42,12 @@ def prepare(args) -> dict:
     size = parse_size(args.gen_size)  # checked here: the app would only find out at the first picture
     check_size(spec(args.gen_model).title, *size)
     path, q_bits = cli.model_path(args, progress=sys.stderr.isatty())
+    if args.system is not None and Path(path).is_dir():  # gemma (MGM-2B) has none: say so before the app
+        from .loading import load_config
+        from .prompt import pick_template, system_text
+
+        config = load_config(path)
+        system_text(config.get("mgm_template") or pick_template(config), args.system)
     return dict(name=str(args.model or DEFAULT_MODEL), model_path=str(path), quantize_bits=q_bits,
                 system=args.system, settings=vars(settings), gen_model=args.gen_model, gen_size=size,
                 gen_keep=args.gen_keep)

@@ -326,6 +326,10 @@ def test_chat_flags_reach_the_engine(offline, monkeypatch, tmp_path, capsys):
         pass
     assert message.stats.generation_tokens <= 4 and message.stats.image_tokens == 576
 
+    FakeApp.started.clear()
+    code, _, _ = _main(chat.main, ["--system", "Be brief."], capsys)  # the default model's gemma template has none
+    assert code == "error: the gemma template has no system prompt" and FakeApp.started == []
+
     for flags, words in ((["--top-p", "0"], "top_p must be"), (["--seed", "-2"], "seed must be"),
                          (["--max-kv-size", "0"], "max_kv_size"), (["--gen-size", "1000"], "multiples of 16")):
         FakeApp.started.clear()
