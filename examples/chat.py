@@ -1,6 +1,7 @@
 """A multi-turn chat in the terminal. The image is encoded once; the KV cache carries over.
 
-    python examples/chat.py --model mgm-2b-4bit --image examples/house.png
+    python examples/chat.py --image examples/house.png      # the default model (MGM-2B, 4-bit)
+    python examples/chat.py --model mgm-2b-4bit
 """
 
 import argparse
@@ -8,14 +9,16 @@ import sys
 from pathlib import Path
 
 import mgm_mlx
+from mgm_mlx.default_model import default_model
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--model", required=True)
+parser.add_argument("--model", help="a converted folder, a released folder or a repo id "
+                    "(default: MGM-2B, downloaded and converted to 4 bits once)")
 parser.add_argument("--image", default=str(Path(__file__).with_name("house.png")))
 args = parser.parse_args()
 
 try:
-    model, processor = mgm_mlx.load(args.model)
+    model, processor = mgm_mlx.load(args.model or default_model())
 except (FileNotFoundError, ValueError, OSError) as e:
     sys.exit(f"error: {e}")
 chat = mgm_mlx.Chat(model, processor)

@@ -1,8 +1,10 @@
 """`python -m mgm_mlx.generate`: ask MGM about images from the command line.
 
-    python -m mgm_mlx.generate --model mgm-2b-4bit --image photo.jpg --prompt "What is here?"
+    python -m mgm_mlx.generate --image photo.jpg --prompt "What is in the picture?"
     python -m mgm_mlx.generate --model mgm-7b-4bit --prompt "Draw a cat in a spacesuit" --gen
 
+Without --model it runs the default model (default_model.py: MGM-2B, converted to 4 bits
+once into a cache folder).
 The answer streams to stdout; statistics go to stderr. With --gen the model also writes a
 picture prompt inside <h>...</h>, which a diffusion model draws (imagegen.py, diffusion.py).
 The turn itself is the library's (session.py); this file only reads options and prints.
@@ -37,22 +39,27 @@ def printable(text: str) -> str:
                        f"\\x{ord(m.group()):02x}", text)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mgm_mlx.generate", description="Ask MGM about images.")
-    parser.add_argument("--model", required=True, help="converted folder, released folder or repo id")
-    parser.add_argument("--image", action="append", default=[], help="an image (repeat for several)")
-    parser.add_argument("--prompt", required=True, help="the question; - reads it from stdin")
-    parser.add_argument("--max-tokens", "-m", type=int, default=256)
-    parser.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0: greedy)")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=None)
+def parser():
+    parser = cli.Parser(prog=cli.prog("mgm_mlx.generate"), description="Ask MGM about images.",
+                        formatter_class=cli.HelpFormatter)
+    cli.add_model_arguments(parser)
+    parser.add_argument("--image", action="append", default=[],
+                        help="an image file or http(s) URL (repeat for several; default: none, a text-only question)")
+    parser.add_argument("--prompt", "-p", required=True, help="the question; - reads it from stdin")
+    parser.add_argument("--system", "--system-prompt", dest="system",
+                        help="system prompt (templates that have one; default: the template's)")
     parser.add_argument("--template", help=f"{', '.join(TEMPLATES)} (default: from the model's config)")
-    parser.add_argument("--system", help="system prompt (templates that have one)")
-    parser.add_argument("--q-bits", type=int, choices=[4, 8], help="quantize the LLM while loading")
+    parser.add_argument("--dtype", choices=cli.DTYPES,
+                        help="the LLM's compute dtype (default: float32 on a CPU, else as stored)")
+    cli.add_settings_arguments(parser)
     parser.add_argument("--verbose", action="store_true", help="also print load time and the formatted prompt")
     parser.add_argument("--quiet", action="store_true", help="print only the answer")
     cli.add_gen_arguments(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     args.gen = args.gen or args.gen_from_reply
     cli.run(_generate, args)
 
@@ -61,7 +68,7 @@ def _generate(args):
     from .loading import load
 
     show = printable if sys.stdout.isatty() else str  # a reply never drives the terminal
-    settings = Settings(max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, seed=args.seed).check()
+    settings = cli.settings(args)  # bad numbers fail in a second, before anything loads
     if args.template is not None and args.template not in TEMPLATES:
         raise ValueError(f"unknown template {args.template!r}; choose from {', '.join(TEMPLATES)}")
     # as input() would: no trailing newline; bytes that are not UTF-8 become U+FFFD
@@ -75,10 +82,13 @@ def _generate(args):
                                               args.gen_seed)
         imagegen.check_output(args.output_image)
         prompt = imagegen.with_gen(prompt)
+    progress = sys.stderr.isatty() and not args.quiet
+    path, q_bits = cli.model_path(args, progress)  # the first run without --model: download, convert
     tic = time.perf_counter()
-    model, processor = load(args.model, quantize_bits=args.q_bits, template=args.template)
+    dtype = getattr(mx, args.dtype) if args.dtype else None
+    model, processor = load(path, dtype=dtype, quantize_bits=q_bits, template=args.template, progress=progress)
     if args.verbose:
-        print(f"Loaded {args.model} in {time.perf_counter() - tic:.1f} s (template {processor.template})", file=sys.stderr)
+        print(f"Loaded {path} in {time.perf_counter() - tic:.1f} s (template {processor.template})", file=sys.stderr)
     chat = Chat(model, processor, args.system, args.template)
     if args.verbose:
         user = (IMAGE + "\n") * len(args.image) + prompt

@@ -220,6 +220,7 @@ def load(
     vision_tower_aux=None,
     template: str | None = None,
     lazy: bool = False,
+    progress: bool = False,
 ):
     """Load a released MGM checkpoint or a converted mgm-mlx folder -> (model, processor).
 
@@ -228,6 +229,8 @@ def load(
     on a CPU device, where half precision is emulated and MLX's MoE kernel is float32-only).
     quantize_bits quantizes the LLM in memory, for Macs that cannot hold it in 16 bits.
     Tower weights missing from the checkpoint come from vision_tower / vision_tower_aux.
+    progress shows a bar on stderr while the weights are read (the commands pass it on a
+    terminal; a large model takes a while).
     """
     path = resolve(path_or_repo)
     config = load_config(path)
@@ -263,7 +266,7 @@ def load(
             model.quantize(group_size, quantize_bits)
     del weights  # the model holds all it needs: each source tensor goes once used
     if not lazy:
-        evaluate(model)
+        evaluate(model, "Loading" if progress else None)
     return model, Processor.from_folder(path, model.config, model.vision.args.image_size_aux, template)
 
 
@@ -283,17 +286,35 @@ def check_quantization(q) -> dict | None:
     return q
 
 
-def evaluate(model):
+def evaluate(model, progress: str | None = None, leave: bool = False):
     """Evaluate the parameters one at a time (keeps the peak low) and refuse NaN or infinite
-    values by name: a broken checkpoint would otherwise answer <unk><unk>... and exit 0."""
-    for name, value in tree_flatten(model.parameters()):
-        if mx.issubdtype(value.dtype, mx.floating):
-            finite = mx.all(mx.isfinite(value))
-            mx.eval(value, finite)
-            if not finite.item():
-                raise ValueError(f"the weights hold NaN or infinite values ({name})")
-        else:
-            mx.eval(value)
+    values by name: a broken checkpoint would otherwise answer <unk><unk>... and exit 0.
+
+    progress: a label for a bar on stderr that counts the bytes evaluated so far (the size
+    of the model in memory, or of convert's output); huggingface_hub's tqdm, so
+    HF_HUB_DISABLE_PROGRESS_BARS=1 turns it off with the download bars. leave: keep the
+    finished bar on screen."""
+    params = tree_flatten(model.parameters())
+    bar = None
+    if progress:
+        from huggingface_hub.utils import tqdm
+
+        bar = tqdm(total=sum(v.nbytes for _, v in params), desc=progress, unit="B", unit_scale=True,
+                   leave=leave, dynamic_ncols=True)
+    try:
+        for name, value in params:
+            if mx.issubdtype(value.dtype, mx.floating):
+                finite = mx.all(mx.isfinite(value))
+                mx.eval(value, finite)
+                if not finite.item():
+                    raise ValueError(f"the weights hold NaN or infinite values ({name})")
+            else:
+                mx.eval(value)
+            if bar is not None:
+                bar.update(value.nbytes)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def vision_from_weights(config: dict, weights: dict, dtype=None) -> MGMVision:

@@ -72,6 +72,8 @@ class Settings:
             raise ValueError(f"kv_bits must be one of 2, 3, 4, 5, 6, 8 (got {self.kv_bits})")
         if self.kv_group_size not in (32, 64, 128):
             raise ValueError(f"kv_group_size must be 32, 64 or 128 (got {self.kv_group_size})")
+        if self.quantized_kv_start < 0:
+            raise ValueError(f"quantized_kv_start must be 0 or more (got {self.quantized_kv_start})")
         if self.prefill_step_size < 1:
             raise ValueError(f"prefill_step_size must be at least 1 (got {self.prefill_step_size})")
         return self

@@ -146,3 +146,29 @@ def write_tower_folders(root: Path, vision: dict):
     aux["text.token_embedding.weight"] = mx.zeros((8, 4))
     mx.save_safetensors(str(aux_dir / "open_clip_model.safetensors"), aux, metadata={"format": "pt"})
     return clip_dir, aux_dir
+
+
+def hub_cache(cache: Path, repo: str, folder: Path, commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """`folder`'s files as huggingface_hub caches the repo `repo` under `cache` (HF_HUB_CACHE):
+    models--OWNER--NAME/blobs/<hash>, snapshots/<commit>/<file> -> ../../blobs/<hash>,
+    refs/main holding the commit. The hash is the file's sha256 for LFS files (weights) and
+    its git blob id for the rest, as on the hub. Returns the snapshot folder."""
+    import hashlib
+    import os
+
+    root = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = root / "snapshots" / commit
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    for f in sorted(folder.iterdir()):
+        data = f.read_bytes()
+        lfs = f.suffix == ".safetensors"
+        digest = hashlib.sha256(data) if lfs else hashlib.sha1(b"blob %d\0" % len(data) + data)
+        blob = root / "blobs" / digest.hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / f.name
+        if not link.is_symlink():
+            link.symlink_to(os.path.relpath(blob, snapshot))
+    return snapshot

@@ -276,7 +276,7 @@ def test_chat_command_prints_the_load_error(monkeypatch, capsys):
     from mgm_mlx import chat
     from mgm_mlx.tui import engine
 
-    monkeypatch.setattr(engine, "MLXEngine", lambda post, *a: FakeEngine(post, load_error="no model at nowhere"))
+    monkeypatch.setattr(engine, "MLXEngine", lambda post, *a, **k: FakeEngine(post, load_error="no model at nowhere"))
     started = []
 
     def headless(self):  # no terminal here; and never wait forever for an app that stays open

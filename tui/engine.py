@@ -39,10 +39,11 @@ class MLXEngine(Worker):
 
     def __init__(self, post, model_path: str, max_tokens: int = 512, temp: float = 0.0,
                  gen_model: str = "flux-schnell", gen_size=(1024, 1024), gen_keep: bool = False, image_dir: str = ".",
-                 settings: dict | None = None, system: str | None = None, load_options: dict | None = None):
+                 settings: dict | None = None, system: str | None = None, quantize_bits: int | None = None):
         super().__init__(post)
-        self.model_path, self.system, self.load_options = model_path, system, load_options or {}
-        self.settings = {"max_tokens": max_tokens, "temp": temp, **(settings or {})}  # session.Settings fields
+        self.model_path, self.system, self.quantize_bits = model_path, system, quantize_bits
+        # every reply's Settings (chat.py checked them; the settings screen changes them)
+        self.settings = {"max_tokens": max_tokens, "temp": temp, **(settings or {})}
         self.gen_model, self.gen_size, self.gen_keep, self.image_dir = gen_model, gen_size, gen_keep, image_dir
         self.chat = None
         self.generator = None
@@ -57,7 +58,7 @@ class MLXEngine(Worker):
 
         self.post(Progress(f"loading {self.model_path} ..."))
         tic = time.perf_counter()
-        model, processor = load(self.model_path, **self.load_options)
+        model, processor = load(self.model_path, quantize_bits=self.quantize_bits)
         self.chat = Chat(model, processor, self.system)
         self.post(Loaded(f"{self.model_path} ({processor.template}, {time.perf_counter() - tic:.1f} s)",
                          model.vision.num_tokens, model.max_length))
