@@ -3,6 +3,7 @@
     mgm-mlx generate --image photo.jpg --prompt "What is in the picture?"
     mgm-mlx chat
     mgm-mlx convert --hf-path YanweiLi/MGM-2B --mlx-path mgm-2b-4bit -q
+    mgm-mlx eval --model mgm-2b-4bit --task textvqa --limit 200
     mgm-mlx --version
 
 A subcommand is a module whose `main(argv)` takes the rest of the arguments; adding one
@@ -18,6 +19,7 @@ COMMANDS = {
     "generate": ("mgm_mlx.generate", "ask MGM about images (one question, the answer streams)"),
     "chat": ("mgm_mlx.chat", "chat with MGM in the terminal (a Textual app)"),
     "convert": ("mgm_mlx.convert.convert", "convert a checkpoint to a compact MLX folder (4-bit with -q)"),
+    "eval": ("mgm_mlx.eval.__main__", "score a model on MGM's benchmarks (TextVQA, MME, POPE, MMBench, ...)"),
 }
 
 

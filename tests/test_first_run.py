@@ -169,7 +169,7 @@ def test_umbrella_version_help_and_dispatch(capsys, monkeypatch):
     code, _, err = _main(umbrella, [], capsys)
     assert code == 2 and "usage: mgm-mlx COMMAND" in err
     code, _, _ = _main(umbrella, ["serve"], capsys)
-    assert code == "error: unknown command 'serve'; choose from generate, chat, convert (see mgm-mlx --help)"
+    assert code == f"error: unknown command 'serve'; choose from {', '.join(COMMANDS)} (see mgm-mlx --help)"
     for name, (module, _) in COMMANDS.items():
         code, out, _ = _main(umbrella, [name, "--help"], capsys)
         assert code == 0 and out.startswith(f"usage: mgm-mlx {name} ")
@@ -324,7 +324,7 @@ def test_chat_flags_reach_the_engine(offline, monkeypatch, tmp_path, capsys):
     engine.send("What is it?", [str(HOUSE)])
     while not isinstance(message := posted.get(timeout=120), Done):
         pass
-    assert message.stats.generation_tokens <= 4 and message.stats.image_tokens == 576
+    assert message.response.generation_tokens <= 4 and message.response.image_tokens == 576
 
     FakeApp.started.clear()
     code, _, _ = _main(chat.main, ["--system", "Be brief."], capsys)  # the default model's gemma template has none

@@ -42,6 +42,8 @@ NOT_RUN = [
     ("pytest", "the test suite itself"),
     ("python tests/goldens/make_goldens.py", "needs torch, transformers, timm and MGM's repository"),
     ("python benchmarks/", "full-size benchmarks: minutes to hours each"),
+    ("python -m mgm_mlx.eval", "needs the benchmark datasets; test_eval.py runs every task end to end on tiny "
+                               "datasets in a local Hugging Face cache"),
     ("python examples/encode_image.py", "test_examples.py::test_encode_image runs it as written"),
     ("python -m mgm_mlx.generate --model mgm-7b-4bit --prompt \"Draw",
      "--gen needs diffusionkit's FLUX weights; test_imagegen.py runs --gen end to end on tiny weights"),

@@ -7,27 +7,27 @@ OUTPUT/TASK-answers.jsonl as they are produced (run the same command again to re
 scores, the paper's numbers, time and memory to OUTPUT/TASK-results.json and .md.
 """
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from mgm_mlx import cli
+
 from .tasks import TASKS
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mgm_mlx.eval", description=(
+    parser = cli.Parser(prog=cli.prog("mgm_mlx.eval"), formatter_class=cli.HelpFormatter, description=(
         "Score an MGM model on a benchmark as the MGM paper does (prompts, greedy decoding, max new tokens and "
         "scorers of the reference eval scripts)."))
-    parser.add_argument("--model", required=True, help="converted folder, released folder or repo id")
+    cli.add_model_arguments(parser)
     parser.add_argument("--task", required=True, help=", ".join(TASKS))
     parser.add_argument("--limit", help="only N questions (MME: images, MMBench: questions with their circular "
                         "shifts), a fixed subset: the same N gives the same questions on every run and machine")
     parser.add_argument("--output", help="folder for answers and results (default: eval-results/MODEL-NAME)")
     parser.add_argument("--template", help="conversation template (default: from the model's config)")
-    parser.add_argument("--q-bits", type=int, choices=[4, 8], help="quantize the LLM while loading")
     judge = parser.add_argument_group("LLM judge (mmvet and mathvista only)")
     judge.add_argument("--judge-url", help="an OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or "
                        "http://localhost:8080/v1")
@@ -74,6 +74,9 @@ def _main(args):
         import pyarrow  # noqa: F401
     except ImportError:
         raise ValueError("the benchmark extra is not installed: pip install 'mgm-mlx[eval]'") from None
+    if args.model is None:  # the default model: downloaded and converted once, then named by its folder
+        path, args.q_bits = cli.model_path(args, sys.stderr.isatty())
+        args.model = str(path)
     from .data import Table, locate
     from .judge import Judge
     from .runner import read_answers, run
