@@ -306,6 +306,48 @@ def test_errors_are_openai_json_with_their_status(served):
     assert status == 200 and body["choices"][0]["message"]["content"] == reference(s, "hi")
 
 
+def test_images_by_http_url_and_offline(served, tmp_path):
+    import functools
+    import http.server
+
+    s = served
+    image = mode_variants()["rgba"]
+    (tmp_path / "pic.png").write_bytes(png(image))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{files.server_address[1]}/pic.png"
+        r = s.client.chat.completions.create(model="mgm", messages=[user(QUESTION, url)])
+        assert r.choices[0].message.content == reference(s, QUESTION, [image])
+        status, body = post(s, {"messages": [user(QUESTION, url + ".missing")]})
+        assert status == 400 and body["error"]["code"] == "invalid_image" and "HTTP 404" in body["error"]["message"]
+    finally:
+        files.shutdown()
+        files.server_close()
+    status, body = post(s, {"messages": [user(QUESTION, url)]})  # nothing listens there now
+    assert status == 400 and body["error"]["code"] == "invalid_image" and "offline" in body["error"]["message"]
+
+
+def test_bodies_over_the_limit_are_refused(served, monkeypatch):
+    import http.client
+
+    import mgm_mlx.server
+
+    s = served
+    monkeypatch.setattr(mgm_mlx.server, "MAX_BODY_BYTES", 1000)
+    status, body = post(s, {"messages": [user("x" * 2000)]})
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+    connection = http.client.HTTPConnection(s.base.split("//")[1], timeout=30)  # no Content-Length: chunked
+    connection.request("POST", "/v1/chat/completions", body=iter([b'{"messages": [', b" " * 2000, b"]}"]),
+                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+                       encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 413 and json.loads(response.read())["error"]["code"] == "request_too_large"
+    connection.close()
+
+
 def test_an_unexpected_error_is_a_one_line_500_and_the_server_goes_on(served, monkeypatch):
     s = served
 
