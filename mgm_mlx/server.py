@@ -305,10 +305,11 @@ class Piece:
     vision_ms: float = 0.0
 
 
-def reply(session: Session, turns: list, settings: Settings, system: str | None, stops: list):
-    """Runs on the worker: Session.stream, cut at the stop strings."""
+def reply(session: Session, turns: list, settings: Settings, system: str | None, stops: list, progress=None):
+    """Runs on the worker: Session.stream, cut at the stop strings. progress(done, total) is
+    called before the prefill and after each of its chunks (it may raise to stop there)."""
     cut = StopText(stops)
-    with closing(session.stream(turns, settings, system=system)) as stream:
+    with closing(session.stream(turns, settings, progress, system=system)) as stream:
         for r in stream:
             text, hit = cut.add(r.text)
             finish = "stop" if hit else r.finish_reason
@@ -357,6 +358,9 @@ def create_app(worker: Worker, session: Session, model_id: str = "mgm", api_key:
     created = int(time.time())
     stats = {"requests": 0, "cancelled": 0, "failed": 0}
     app.state.stats = stats
+
+    def stop_if_cancelled(done, total):  # on the worker: a client that left before the prefill stops it
+        worker.check_cancelled()
 
     @app.exception_handler(APIError)
     async def _api_error(request, e: APIError):
@@ -416,7 +420,8 @@ def create_app(worker: Worker, session: Session, model_id: str = "mgm", api_key:
 
         stats["requests"] += 1
         tic = time.perf_counter()
-        job = worker.submit(reply, session, turns, settings, system, stops, name="chat", loop=asyncio.get_running_loop())
+        job = worker.submit(reply, session, turns, settings, system, stops, stop_if_cancelled, name="chat",
+                            loop=asyncio.get_running_loop())
         watcher = asyncio.create_task(_watch(request, job))
         try:
             first = await anext(job)  # the first token: vision and prefill are done

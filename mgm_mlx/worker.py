@@ -17,8 +17,9 @@ between items: a cancelled job's generator is closed (its finally blocks run, e.
 Session records what its KV cache holds) and the worker moves on. A job cancelled while it
 still waits in the queue never starts. Items and the job's end (or its exception) come back
 through a thread-safe queue (iterate the job), or, for asyncio code, through the event loop
-the job was submitted with (`async for`). A job function that is not a generator can read
-its own cancel flag through `worker.current` (e.g. between the steps of a picture).
+the job was submitted with (`async for`). Inside a job, `worker.check_cancelled()` (e.g.
+from a progress callback, between the steps of a prefill or a picture) raises Cancelled when
+the job was cancelled: the job then ends as cancelled, not failed.
 """
 
 import asyncio
@@ -27,6 +28,13 @@ import queue
 import threading
 
 _ITEM, _ERROR, _END = "item", "error", "end"
+
+
+class Cancelled(Exception):
+    """Raised inside a job to stop it where it is; the job ends as cancelled (not an error)."""
+
+    def __str__(self):
+        return "cancelled"
 
 
 class Job:
@@ -122,6 +130,12 @@ class Worker:
         """Run fn on the worker thread and wait for its value (or its exception)."""
         return self.submit(fn, *args, **kwargs).wait()
 
+    def check_cancelled(self):
+        """From inside a job: raise Cancelled if the running job was cancelled."""
+        job = self.current
+        if job is not None and job.cancelled and threading.current_thread() is self._thread:
+            raise Cancelled()
+
     @property
     def pending(self) -> int:
         """Jobs waiting in the queue (the running one not counted)."""
@@ -155,6 +169,8 @@ class Worker:
                         result.close()  # now, on this thread: its finally blocks run here
                 else:
                     job.value = result
+            except Cancelled:
+                self._finish(job, "cancelled")
             except BaseException as e:  # the worker keeps serving whatever a job raised
                 job.error = e
                 job._put(_ERROR, e)

@@ -222,6 +222,29 @@ def test_a_client_that_disconnects_stops_its_generation(served):
     assert r.choices[0].message.content == reference(s, "Hello there")
 
 
+def test_a_client_gone_during_the_image_path_stops_before_the_prefill(served, monkeypatch):
+    s = served
+    encode = s.session.encode
+
+    def slow(*args, **kwargs):  # a full-size image path takes tens of seconds on a CPU
+        time.sleep(1.5)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(s.session, "encode", slow)
+    before = health(s)["cancelled"]
+    impatient = openai.OpenAI(base_url=s.base + "/v1", api_key=KEY, max_retries=0, timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(model="mgm", messages=[user(QUESTION, data_url(mode_variants()["rgb"]))])
+    deadline = time.time() + 20
+    while not (health(s)["cancelled"] > before and not health(s)["busy"]):
+        assert time.time() < deadline, "the request was not stopped"
+        time.sleep(0.05)
+    assert s.session.reply == []  # stopped before the prefill: not one token generated
+    monkeypatch.undo()
+    assert s.client.chat.completions.create(model="mgm", messages=[user("Hello there")]).choices[0].message.content \
+        == reference(s, "Hello there")
+
+
 def test_stop_strings(served):
     s = served
     full = reference(s, "Hello there")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mgm_mlx.worker import Worker
+from mgm_mlx.worker import Cancelled, Worker
 
 
 def test_worker_runs_jobs_in_order_on_one_thread_and_survives_errors():
@@ -76,3 +76,25 @@ def test_worker_hands_results_to_an_event_loop():
     assert errors == [("divide", "division by zero")]
     worker.close(5)
     reporting.close(5)
+
+
+def test_a_job_stops_itself_where_it_checks_its_cancel_flag():
+    worker = Worker("test-check")
+    gate, steps = threading.Event(), []
+
+    def picture():
+        for step in range(100):
+            worker.check_cancelled()  # e.g. a progress callback between steps
+            steps.append(step)
+            gate.wait(5)
+
+    job = worker.submit(picture)
+    while not steps:
+        time.sleep(0.01)
+    job.cancel()
+    gate.set()
+    assert job.wait(5) is None and job.state == "cancelled" and len(steps) < 100
+    worker.check_cancelled()  # outside a job: nothing to stop
+    assert worker.call(lambda: "next") == "next"
+    assert str(Cancelled()) == "cancelled"
+    worker.close(5)
