@@ -440,11 +440,11 @@ def create_app(worker: Worker, session: Session, model_id: str = "mgm", api_key:
                 watcher.cancel()  # from here on the streaming response watches the client
         ttft = time.perf_counter() - tic
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        done = _Report(job, stats, tic, ttft, body.mgm_gen)
+        report = _Report(stats, tic, ttft, body.mgm_gen)
 
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(first, job, done, rid, now, model_id, include_usage),
+            return StreamingResponse(_sse(first, job, report, rid, now, model_id, include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
@@ -460,7 +460,7 @@ def create_app(worker: Worker, session: Session, model_id: str = "mgm", api_key:
         last = pieces[-1]
         if last.finish_reason is None:  # cancelled: the client went away
             stats["cancelled"] += 1
-        done.log(last)
+        report.log(last)
         message = {"role": "assistant", "content": text}
         if body.mgm_gen:
             message["mgm_picture_prompt"] = extract_prompt(text)
@@ -494,8 +494,8 @@ def _usage(p: Piece) -> dict:
 class _Report:
     """What a finished request logs: one line per reply."""
 
-    def __init__(self, job, stats, tic, ttft, gen):
-        self.job, self.stats, self.tic, self.ttft, self.gen = job, stats, tic, ttft, gen
+    def __init__(self, stats, tic, ttft, gen):
+        self.stats, self.tic, self.ttft, self.gen = stats, tic, ttft, gen
 
     def log(self, last: Piece):
         vision = f"vision {last.vision_ms:.0f} ms" if last.vision_ms else "vision cached"
@@ -505,7 +505,7 @@ class _Report:
                  time.perf_counter() - self.tic, last.finish_reason or "cancelled")
 
 
-async def _sse(first: Piece, job, done: _Report, rid: str, created: int, model_id: str, include_usage: bool):
+async def _sse(first: Piece, job, report: _Report, rid: str, created: int, model_id: str, include_usage: bool):
     """Server-sent events: a role chunk, content chunks, the finish chunk, usage, [DONE]."""
     import json
 
@@ -530,18 +530,18 @@ async def _sse(first: Piece, job, done: _Report, rid: str, created: int, model_i
             except StopAsyncIteration:
                 break
         if last.finish_reason is None:  # cancelled on the worker; nobody reads this
-            done.stats["cancelled"] += 1
+            report.stats["cancelled"] += 1
             return
-        delta = {"mgm_picture_prompt": extract_prompt("".join(text))} if done.gen else {}
+        delta = {"mgm_picture_prompt": extract_prompt("".join(text))} if report.gen else {}
         yield event([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": last.finish_reason}])
         if include_usage:
             yield event([], _usage(last))
-        done.log(last)
+        report.log(last)
     except asyncio.CancelledError:  # the client went away (Starlette cancels the stream)
-        done.stats["cancelled"] += 1
+        report.stats["cancelled"] += 1
         raise
     except Exception as e:  # after the headers: the error as an event (the openai client raises it)
-        done.stats["failed"] += 1
+        report.stats["failed"] += 1
         yield f"data: {json.dumps(as_api_error(e).body())}\n\n"
     finally:
         job.cancel()  # a no-op once it ended; otherwise the worker stops it at the next token
