@@ -617,6 +617,19 @@ def main(argv=None):
     cli.run(_serve, args)
 
 
+def check_address(host: str, port: int):
+    """One line now if the server could not listen there (a port in use, an unknown host)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            sock.bind(address)
+    except OSError as e:
+        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+
+
 def _serve(args):
     from .loading import load
 
@@ -625,6 +638,7 @@ def _serve(args):
     if args.vision_cache < 0:
         raise ValueError(f"--vision-cache must be 0 or more (got {args.vision_cache})")
     Settings(max_tokens=args.max_tokens, temp=args.temp).check()
+    check_address(args.host, args.port)  # before minutes of loading, not after
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     worker = Worker("mlx-server")
     tic = time.perf_counter()

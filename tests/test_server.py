@@ -429,7 +429,7 @@ def _command(*args, env=None, **kw):
 
 
 def test_command_serves_and_bad_input_is_one_line(served, tmp_path):
-    out = _command("--model", tmp_path / "nope").communicate(timeout=60)[0]
+    out = _command("--model", tmp_path / "nope", "--port", 0).communicate(timeout=60)[0]
     assert out.strip() == f"error: model folder not found: {tmp_path / 'nope'}"
     code = ("import runpy, sys; sys.modules['fastapi'] = None; sys.argv = ['mgm-mlx-server', '--model', 'x'];"
             "runpy.run_module('mgm_mlx.server', run_name='__main__')")
@@ -440,7 +440,10 @@ def test_command_serves_and_bad_input_is_one_line(served, tmp_path):
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
+        sock.listen()
         port = sock.getsockname()[1]
+        out = _command("--model", served.folder, "--port", port).communicate(timeout=60)[0]
+        assert out.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use)"
     server = _command("--model", served.folder, "--port", port, env={"MGM_MLX_API_KEY": "k2"})
     try:
         base = f"http://127.0.0.1:{port}"
