@@ -198,11 +198,20 @@ class Session:
                 self.vision_cache.popitem(last=False)
         return encoded
 
-    def stream(self, turns: list, settings: Settings | None = None, progress=None, vision_ms: dict | None = None):
+    def stream(self, turns: list, settings: Settings | None = None, progress=None, vision_ms: dict | None = None,
+               system: str | None = None):
         """The reply to the last turn of `turns` (whose assistant is None), as Response pieces.
 
-        progress(processed, total) reports the prompt being processed (mlx-lm's callback)."""
+        progress(processed, total) reports the prompt being processed (mlx-lm's callback).
+        system: this conversation's system prompt (None: the session's), for front-ends that
+        serve many conversations with one session (the server); the KV cache is reused only
+        as far as the rendered prompts agree, so a different system prompt costs a prefill."""
         settings = (settings or Settings()).check()
+        if system is None:
+            system = self.system
+        else:
+            system = valid_text(system)
+            system_text(self.template, system)  # refuse one the template cannot take
         if not turns or turns[-1].assistant is not None:
             raise ValueError("the conversation must end with a user turn to answer")
         timings = dict(vision_ms or {})
@@ -216,10 +225,10 @@ class Session:
         image_tokens = sum(im.tokens.shape[0] for im in encoded)  # the last turn's
 
         limit = self.model.max_length
-        chars = sum(len(m) for m in messages) + len(self.system or "")
+        chars = sum(len(m) for m in messages) + len(system or "")
         if chars > self.processor.max_chars(limit):  # tokenizing megabytes first would take GBs
             raise ContextFull(f"the prompt is {chars} characters, far more than the {limit} tokens the model takes")
-        ids = self.processor.prompt_ids(self.template, messages, self.system)
+        ids = self.processor.prompt_ids(self.template, messages, system)
         if ids.count(IMAGE_TOKEN_INDEX) != len(images):
             raise ValueError(f"the text has {ids.count(IMAGE_TOKEN_INDEX) - len(images)} '{IMAGE}' too many; "
                              "attach images instead of writing the tag")
