@@ -19,6 +19,7 @@ COMMANDS = {
     "generate": ("mgm_mlx.generate", "ask MGM about images (one question, the answer streams)"),
     "chat": ("mgm_mlx.chat", "chat with MGM in the terminal (a Textual app)"),
     "convert": ("mgm_mlx.convert.convert", "convert a checkpoint to a compact MLX folder (4-bit with -q)"),
+    "server": ("mgm_mlx.server", "serve the OpenAI chat API (127.0.0.1:8080 by default)"),
     "eval": ("mgm_mlx.eval.__main__", "score a model on MGM's benchmarks (TextVQA, MME, POPE, MMBench, ...)"),
 }
 

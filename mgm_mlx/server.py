@@ -594,17 +594,14 @@ class Guard:
 # ---- the command
 
 def main(argv=None):
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m mgm_mlx.server",
-                                     description="Serve MGM with the OpenAI chat API (/v1/chat/completions).")
-    parser.add_argument("--model", required=True, help="converted folder, released folder or repo id")
+    parser = cli.Parser(prog=cli.prog("mgm_mlx.server"), formatter_class=cli.HelpFormatter,
+                        description="Serve MGM with the OpenAI chat API (/v1/chat/completions).")
+    cli.add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: %(default)s, this machine only; 0.0.0.0: the network)")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--api-key", default=os.environ.get("MGM_MLX_API_KEY"),
                         help="require 'Authorization: Bearer KEY' (default: $MGM_MLX_API_KEY, else no key)")
-    parser.add_argument("--q-bits", type=int, choices=[4, 8], help="quantize the LLM while loading")
     parser.add_argument("--template", help="conversation template (default: from the model's config)")
     parser.add_argument("--max-tokens", type=int, default=512, help="reply length when a request names none")
     parser.add_argument("--temp", type=float, default=0.0, help="temperature when a request names none (0: greedy)")
@@ -631,6 +628,7 @@ def check_address(host: str, port: int):
 
 
 def _serve(args):
+    from .default_model import DEFAULT_MODEL
     from .loading import load
 
     if args.max_tokens < 1:
@@ -639,15 +637,17 @@ def _serve(args):
         raise ValueError(f"--vision-cache must be 0 or more (got {args.vision_cache})")
     Settings(max_tokens=args.max_tokens, temp=args.temp).check()
     check_address(args.host, args.port)  # before minutes of loading, not after
+    path, q_bits = cli.model_path(args, progress=sys.stderr.isatty())  # the default model: its first run
+    name = args.model or DEFAULT_MODEL
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
     worker = Worker("mlx-server")
     tic = time.perf_counter()
-    model, processor = worker.call(load, args.model, quantize_bits=args.q_bits, template=args.template)
+    model, processor = worker.call(load, path, quantize_bits=q_bits, template=args.template)
     session = worker.call(Session, model, processor, args.template, vision_cache=args.vision_cache)
-    log.info("loaded %s in %.1f s (template %s)", args.model, time.perf_counter() - tic, session.template)
+    log.info("loaded %s in %.1f s (template %s)", name, time.perf_counter() - tic, session.template)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         log.warning("listening on %s without --api-key: anyone who can reach this port can use the model", args.host)
-    app = create_app(worker, session, args.model, args.api_key, args.allow_local_files, args.max_tokens, args.temp)
+    app = create_app(worker, session, name, args.api_key, args.allow_local_files, args.max_tokens, args.temp)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 

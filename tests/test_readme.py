@@ -42,6 +42,14 @@ NOT_RUN = [
     ("pytest", "the test suite itself"),
     ("python tests/goldens/make_goldens.py", "needs torch, transformers, timm and MGM's repository"),
     ("python benchmarks/", "full-size benchmarks: minutes to hours each"),
+    ("python -m mgm_mlx.server", "serves until stopped; test_server.py starts the server and runs the README's "
+                                 "curl and openai examples against it"),
+    ("curl ", "needs the server: test_server.py::test_the_readmes_examples_as_written"),
+    ("IMG=", "the same curl block"), ("# ", "a comment line of a curl block"), ('{"', "the same curl block"),
+    ("EOF", "the same curl block"),
+    ("export OPENAI_API_BASE", "lmms-eval's setting; lmms-eval is not a dependency"),
+    ("python -m lmms_eval", "lmms-eval is not a dependency (and needs its datasets)"),
+    ("import base64\nfrom openai import OpenAI", "needs the server: test_server.py runs it against one"),
     ("python -m mgm_mlx.eval", "needs the benchmark datasets; test_eval.py runs every task end to end on tiny "
                                "datasets in a local Hugging Face cache"),
     ("python examples/encode_image.py", "test_examples.py::test_encode_image runs it as written"),

@@ -463,3 +463,44 @@ def test_command_serves_and_bad_input_is_one_line(served, tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+# ---- the README's examples, as written, against a server without a key (the README's start)
+
+def test_the_readmes_examples_as_written(served, tmp_path):
+    import re
+    import shutil
+
+    from test_readme import README, ROOT
+
+    app = create_app(served.worker, served.session, "mgm", api_key=None, max_tokens=N)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    section = README[README.index("## Serve the OpenAI API"):]
+    section = section[:section.index("\n## ")]
+    try:
+        curl = next(b for b in re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M) if "curl " in b)
+        if shutil.which("curl"):
+            out = subprocess.run(["bash", "-c", curl.replace("127.0.0.1:8080", f"127.0.0.1:{port}")], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            decoder, replies = json.JSONDecoder(), []
+            for start in (m.start() for m in re.finditer(r'\{"id"', out.stdout)):
+                reply, _ = decoder.raw_decode(out.stdout, start)
+                if reply["object"] == "chat.completion":  # not a streamed chunk
+                    replies.append(reply)
+            assert len(replies) == 2 and all(r["choices"][0]["message"]["content"] is not None for r in replies)
+            assert "data: [DONE]" in out.stdout and '"usage"' in out.stdout  # the streamed one
+        code = next(b for b in re.findall(r"^```python\n(.*?)^```", section, re.S | re.M) if "OpenAI(" in b)
+        out = subprocess.run([sys.executable, "-c", code.replace("127.0.0.1:8080", f"127.0.0.1:{port}")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "CompletionUsage" in out.stdout, out.stderr
+    finally:
+        server.should_exit = True
+        thread.join(10)
