@@ -5,33 +5,26 @@ generated on the same worker thread; a new thread per turn breaks on the Mac GPU
 engine reports back with the typed messages of messages.py (posting is thread-safe).
 """
 
-import queue
 import threading
 import time
 from dataclasses import replace
+
+from mgm_mlx import worker
 
 from .messages import Done, Drawn, Failed, Loaded, Piece, Progress
 
 
 class Worker:
-    """One daemon thread that runs submitted jobs in order."""
+    """The app's side of the library's MLX worker thread (mgm_mlx.worker): jobs run in order
+    and are not waited for; a job that fails comes back as a Failed message."""
 
     def __init__(self, post):
         self.post = post  # thread-safe: App.post_message
-        self.stop = threading.Event()
-        self._jobs = queue.Queue()
-        threading.Thread(target=self._run, name="mlx-engine", daemon=True).start()
+        self.stop = threading.Event()  # Esc: checked between tokens and denoising steps
+        self._worker = worker.Worker("mlx-engine", on_error=lambda job, e: post(Failed(job.name, e)))
 
     def submit(self, what: str, job, *args):
-        self._jobs.put((what, job, args))
-
-    def _run(self):
-        while True:
-            what, job, args = self._jobs.get()
-            try:
-                job(*args)
-            except Exception as e:  # the app shows it and keeps running
-                self.post(Failed(what, e))
+        self._worker.submit(job, *args, name=what)
 
 
 class MLXEngine(Worker):
