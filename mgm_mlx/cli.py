@@ -119,8 +119,11 @@ def add_gen_arguments(parser, draw: bool = True):
     return gen
 
 
-def run(body, args) -> None:
-    """Run a command's body: bad input ends in one line and exit status 1."""
+def run(body, args, group=None) -> None:
+    """Run a command's body: bad input ends in one line and exit status 1. group: a model
+    split across mlx.launch ranks (distributed.py), where each rank says only its own."""
+    from . import distributed
+
     try:
         body(args)
     except BrokenPipeError:  # `| head` stopped reading: end quietly, as other Unix tools do
@@ -130,4 +133,8 @@ def run(body, args) -> None:
         print(file=sys.stderr)
         sys.exit(130)
     except (ImageError, FileNotFoundError, ValueError, OSError, GenerationError) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(distributed.error_line(e, group, same_everywhere=not getattr(args, "in_load", False)))
+    except RuntimeError as e:  # a split model whose ranks lost each other: one line, not a traceback
+        if group is None:
+            raise
+        sys.exit(distributed.error_line(distributed.PeerLost(e), group))

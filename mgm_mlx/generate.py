@@ -13,6 +13,7 @@ The turn itself is the library's (session.py); this file only reads options and 
 
 import argparse
 import gc
+import os
 import re
 import sys
 import time
@@ -21,7 +22,7 @@ from dataclasses import replace
 
 import mlx.core as mx
 
-from . import cli, imagegen
+from . import cli, distributed, imagegen
 from .image import load_image
 from .prompt import IMAGE, TEMPLATES, format_prompt, label_images
 from .session import Chat, Response, Settings, generate, print_stats, stream_generate, valid_text
@@ -61,7 +62,8 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     args.gen = args.gen or args.gen_from_reply
-    cli.run(_generate, args)
+    args.group = distributed.init()  # under mlx.launch: the model is split across the ranks
+    cli.run(_generate, args, args.group)
 
 
 def _generate(args):
@@ -76,17 +78,27 @@ def _generate(args):
     prompt = valid_text(prompt)
     if not prompt.strip():
         raise ValueError("the prompt is empty")
-    images = [load_image(path) for path in args.image]  # bad images fail before the model loads
-    if args.gen:  # and so does anything that would stop the picture
-        generator, request = imagegen.prepare(args.gen_model, args.gen_size, args.gen_steps, args.gen_guidance,
-                                              args.gen_seed)
-        imagegen.check_output(args.output_image)
+    group = args.group
+    rank = distributed.rank(group)
+    if rank > 0:  # a split model (mlx.launch): rank 0 reads the images and prints; the others compute
+        sys.stdout = open(os.devnull, "w")
+        args.quiet, args.verbose = True, False
+    # bad images fail before the model loads
+    images = [load_image(path) if rank == 0 else distributed.PLACEHOLDER for path in args.image]
+    if args.gen:  # and so does anything that would stop the picture (rank 0 draws it)
+        if rank == 0:
+            generator, request = imagegen.prepare(args.gen_model, args.gen_size, args.gen_steps,
+                                                  args.gen_guidance, args.gen_seed)
+            imagegen.check_output(args.output_image)
         prompt = imagegen.with_gen(prompt)
     progress = sys.stderr.isatty() and not args.quiet
-    path, q_bits = cli.model_path(args, progress)  # the first run without --model: download, convert
+    path, q_bits = model_path(args, progress, group)  # the first run without --model: download, convert
     tic = time.perf_counter()
     dtype = getattr(mx, args.dtype) if args.dtype else None
-    model, processor = load(path, dtype=dtype, quantize_bits=q_bits, template=args.template, progress=progress)
+    args.in_load = True  # an error here may be one rank's own (a folder missing on one Mac)
+    model, processor = load(path, dtype=dtype, quantize_bits=q_bits, template=args.template, progress=progress,
+                            group=group)
+    args.in_load = False
     if args.verbose:
         print(f"Loaded {path} in {time.perf_counter() - tic:.1f} s (template {processor.template})", file=sys.stderr)
     chat = Chat(model, processor, args.system, args.template)
@@ -100,9 +112,21 @@ def _generate(args):
     print(flush=True)
     if response is not None and not args.quiet:
         print_stats(response)
-    if args.gen:
+    distributed.finish(group)  # a split model: every rank done before any exits
+    if args.gen and rank == 0:
         del chat, model  # room for the diffusion model
         _draw(args, generator, request, "".join(answer))
+
+
+def model_path(args, progress: bool, group):
+    """cli.model_path; under mlx.launch the ranks take turns, so that ranks on one Mac do
+    not convert the default model into the same folder at once (later ranks find it)."""
+    for turn in range(group.size() if group is not None else 1):
+        if distributed.rank(group) == turn:
+            found = cli.model_path(args, progress)
+        if group is not None:
+            distributed.barrier(group)
+    return found
 
 
 def _draw(args, generator, request, reply: str):

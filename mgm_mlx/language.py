@@ -8,8 +8,10 @@ import importlib
 import re
 from dataclasses import MISSING, fields
 
+import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models import gemma
+from mlx.nn.layers.distributed import shard_inplace, shard_linear
+from mlx_lm.models import gemma, llama, mixtral
 from mlx_lm.models.base import create_attention_mask
 
 from .config import checked, expect
@@ -72,6 +74,92 @@ class Gemma(gemma.Model):
         weights.pop("lm_head.weight", None)
         return weights
 
+    def shard(self, group=None):
+        """Tensor parallelism as mlx-lm's llama does it; the embedding (also the output layer)
+        stays whole on every rank."""
+        group = group or mx.distributed.init()
+        for layer in self.model.layers:
+            shard_attention(layer.self_attn, group)
+            shard_mlp(layer.mlp, group)
+
+
+class Llama(llama.Model):
+    """mlx-lm's Llama (Vicuna, Llama-3, Yi); its own shard() unless the key/value heads do not
+    divide by the group size (it would leave 0 heads), then KV heads replicated."""
+
+    def shard(self, group=None):
+        group = group or mx.distributed.init()
+        if self.args.num_key_value_heads % group.size() == 0:
+            return super().shard(group)
+        for layer in self.model.layers:
+            shard_attention(layer.self_attn, group)
+            shard_mlp(layer.mlp, group)
+
+
+class Mixtral(mixtral.Model):
+    """mlx-lm's Mixtral, plus shard(): attention as in llama, each expert's matrices sharded in
+    place along the intermediate dimension (as mlx-lm's MoE models do), the router replicated."""
+
+    def shard(self, group=None):
+        group = group or mx.distributed.init()
+        for layer in self.model.layers:
+            shard_attention(layer.self_attn, group, "num_heads", "num_key_value_heads")
+            moe = layer.block_sparse_moe
+            shard_inplace(moe.switch_mlp.gate_proj, "all-to-sharded", group=group)
+            shard_inplace(moe.switch_mlp.up_proj, "all-to-sharded", group=group)
+            shard_inplace(moe.switch_mlp.down_proj, "sharded-to-all", group=group)
+            moe.__class__ = ShardedMoe
+            moe.sharding_group = group
+
+
+class ShardedMoe(mixtral.MixtralSparseMoeBlock):
+    """Each rank's experts give part of every expert's output; the sum over ranks is the whole
+    (the weighted sum over experts is linear, so one all_sum after it is enough)."""
+
+    def __call__(self, x):
+        return mx.distributed.all_sum(super().__call__(x), group=self.sharding_group)
+
+
+def shard_attention(attn, group, heads: str = "n_heads", kv_heads: str = "n_kv_heads"):
+    """Query heads (and o_proj's columns) divided among the ranks. Key/value heads too when
+    they divide by the group size; otherwise each rank keeps, whole, the KV heads its own
+    query heads read (MGM-2B's single KV head: every rank keeps it)."""
+    n, rank = group.size(), group.rank()
+    n_heads, n_kv = getattr(attn, heads), getattr(attn, kv_heads)
+    attn.q_proj = shard_linear(attn.q_proj, "all-to-sharded", group=group)
+    attn.o_proj = shard_linear(attn.o_proj, "sharded-to-all", group=group)
+    if n_kv % n == 0:
+        attn.k_proj = shard_linear(attn.k_proj, "all-to-sharded", group=group)
+        attn.v_proj = shard_linear(attn.v_proj, "all-to-sharded", group=group)
+        local_kv = n_kv // n
+    else:
+        keep = kv_heads_for(rank, n_heads // n, n_heads // n_kv)
+        head_dim = attn.k_proj.weight.shape[0] // n_kv
+        rows = mx.array([h * head_dim + i for h in keep for i in range(head_dim)])
+        for proj in (attn.k_proj, attn.v_proj):
+            proj.update({k: mx.take(v, rows, axis=0) for k, v in proj.parameters().items()})
+        local_kv = len(keep)
+    setattr(attn, heads, n_heads // n)
+    setattr(attn, kv_heads, local_kv)
+
+
+def kv_heads_for(rank: int, local_heads: int, group_size: int) -> list:
+    """The KV heads a rank's query heads [rank * local_heads, ...) read, in the order that
+    grouped-query attention pairs them: each once when every one serves the same number of
+    local query heads, else one per query head."""
+    wanted = [q // group_size for q in range(rank * local_heads, (rank + 1) * local_heads)]
+    unique = sorted(set(wanted))
+    if local_heads % len(unique) == 0 and all(wanted.count(h) == local_heads // len(unique) for h in unique):
+        return unique
+    return wanted
+
+
+def shard_mlp(mlp, group):
+    mlp.gate_proj = shard_linear(mlp.gate_proj, "all-to-sharded", group=group)
+    mlp.up_proj = shard_linear(mlp.up_proj, "all-to-sharded", group=group)
+    mlp.down_proj = shard_linear(mlp.down_proj, "sharded-to-all", group=group)
+
+
 
 def check(config: dict, shapes: dict) -> None:
     """Refuse an LLM config that is malformed or that its weights contradict, before anything
@@ -122,4 +210,4 @@ def build(config: dict) -> nn.Module:
     name = family(config)
     module = importlib.import_module(f"mlx_lm.models.{name}")
     args = module.ModelArgs.from_dict({**config, "model_type": name})
-    return Gemma(args) if name == "gemma" else module.Model(args)
+    return {"gemma": Gemma, "llama": Llama, "mixtral": Mixtral}[name](args)

@@ -221,6 +221,7 @@ def load(
     template: str | None = None,
     lazy: bool = False,
     progress: bool = False,
+    group=None,
 ):
     """Load a released MGM checkpoint or a converted mgm-mlx folder -> (model, processor).
 
@@ -230,7 +231,8 @@ def load(
     quantize_bits quantizes the LLM in memory, for Macs that cannot hold it in 16 bits.
     Tower weights missing from the checkpoint come from vision_tower / vision_tower_aux.
     progress shows a bar on stderr while the weights are read (the commands pass it on a
-    terminal; a large model takes a while).
+    terminal; a large model takes a while). group (mx.distributed.init() under mlx.launch)
+    splits the model across its ranks before any weight is read (distributed.py).
     """
     path = resolve(path_or_repo)
     config = load_config(path)
@@ -265,8 +267,14 @@ def load(
         if quantize_bits and not stored:
             model.quantize(group_size, quantize_bits)
     del weights  # the model holds all it needs: each source tensor goes once used
+    if group is not None and group.size() > 1:  # split before any weight is read
+        from . import distributed
+
+        distributed.prepare(model, group, path, model.config)
     if not lazy:
         evaluate(model, "Loading" if progress else None)
+        if group is not None and group.size() > 1:
+            distributed.barrier(group)
     return model, Processor.from_folder(path, model.config, model.vision.args.image_size_aux, template)
 
 

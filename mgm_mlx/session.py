@@ -23,6 +23,7 @@ from mlx_lm.sample_utils import make_logits_processors, make_sampler
 from mlx_lm.utils import common_prefix_len
 from PIL import Image as PILImage
 
+from . import distributed
 from .image import fetch, is_url, load_image
 from .prompt import IMAGE, IMAGE_TOKEN_INDEX, TEMPLATES, system_text
 
@@ -184,7 +185,7 @@ class Session:
             return image
         if is_url(image):
             image = fetch(image)  # once: the key and the pixels come from the same bytes
-        key = image_key(image)
+        key = distributed.shared_key(self.model, image_key(image))  # split model: rank 0 reads the image
         hit = self.vision_cache.get(key)
         if hit is not None:
             self.vision_cache.move_to_end(key)
@@ -258,6 +259,7 @@ class Session:
             mx.random.seed(settings.seed)
         sampler = make_sampler(settings.temp, settings.top_p if settings.top_p < 1 else 0.0, settings.min_p,
                                top_k=settings.top_k)
+        sampler = distributed.shared_sampler(self.model, sampler)  # split model: rank 0's token everywhere
         processors = make_logits_processors(repetition_penalty=settings.repetition_penalty)
         tokens = []
         self.reply = tokens

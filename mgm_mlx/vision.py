@@ -124,23 +124,40 @@ class MGMVision(nn.Module):
         With `timings`, each stage is evaluated on its own and its milliseconds are added
         under "clip", "convnext" and "mining".
         """
-        args = self.args
-        g, use_global = args.image_grid, args.image_global
-        s = args.image_size_aux
+        self.check_pixels(pixels)
+        tic = time.perf_counter()
+        feats = self.low_res(pixels)
+        tic = _lap(timings, "clip", feats, tic)
+        aux = self.high_res(pixels).astype(feats.dtype)
+        tic = _lap(timings, "convnext", aux, tic)
+        tokens = self.mine(feats, aux)
+        _lap(timings, "mining", tokens, tic)
+        return tokens
+
+    def check_pixels(self, pixels: mx.array):
+        s = self.args.image_size_aux
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (s, s, 3):
             raise ValueError(f"expected pixels [B, {s}, {s}, 3] from preprocess(image, {s}); got {tuple(pixels.shape)}")
-        b = pixels.shape[0]
+
+    # The three stages (the towers need nothing from each other; mlx.launch ranks split them).
+
+    def low_res(self, pixels: mx.array) -> mx.array:
+        """CLIP features [B * views, T, C] of the low-res views (HD: tiles, then the global view)."""
+        args = self.args
         dtype = self.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype
-        aux_dtype = self.vision_tower_aux.vision_stem[0].weight.dtype
+        views = ops.lowres_views(pixels, self.vision_tower.config.image_size, args.image_grid, args.image_global)
+        return self.vision_tower(views.astype(dtype))
 
-        tic = time.perf_counter()
-        views = ops.lowres_views(pixels, self.vision_tower.config.image_size, g, use_global)
-        feats = self.vision_tower(views.astype(dtype))
-        tic = _lap(timings, "clip", feats, tic)
-        aux = self.vision_tower_aux(pixels.astype(aux_dtype)).astype(feats.dtype)
-        tic = _lap(timings, "convnext", aux, tic)
+    def high_res(self, pixels: mx.array) -> mx.array:
+        """ConvNeXt's concatenated, upsampled stages [B, S/4, S/4, C_aux]."""
+        return self.vision_tower_aux(pixels.astype(self.vision_tower_aux.vision_stem[0].weight.dtype))
 
+    def mine(self, feats: mx.array, aux: mx.array) -> mx.array:
+        """Patch info mining of each view's CLIP tokens over its high-res window, then the
+        projector -> image tokens [B, T, hidden]."""
+        g, use_global = self.args.image_grid, self.args.image_global
         t, c = feats.shape[1:]
+        b = aux.shape[0]
         feats = feats.reshape(b, -1, t, c)
         projectors = (self.vlm_uni_query_projector, self.vlm_uni_aux_projector, self.vlm_uni_val_projector)
         parts = []
@@ -155,9 +172,7 @@ class MGMVision(nn.Module):
         else:
             parts.append(mining.mine(feats[:, 0], aux, *projectors))
         tokens = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=1)
-        tokens = mining.chain(self.mm_projector, tokens)
-        _lap(timings, "mining", tokens, tic)
-        return tokens
+        return mining.chain(self.mm_projector, tokens)
 
 
 def _lap(timings, name, value, tic):

@@ -50,6 +50,8 @@ NOT_RUN = [
     ("export OPENAI_API_BASE", "lmms-eval's setting; lmms-eval is not a dependency"),
     ("python -m lmms_eval", "lmms-eval is not a dependency (and needs its datasets)"),
     ("import base64\nfrom openai import OpenAI", "needs the server: test_server.py runs it against one"),
+    ("mlx.distributed_config", "needs two Macs reachable by ssh"),
+    ("mlx.launch --hostfile", "needs two Macs; test_distributed.py runs the same command under mlx.launch -n 2"),
     ("python -m mgm_mlx.eval", "needs the benchmark datasets; test_eval.py runs every task end to end on tiny "
                                "datasets in a local Hugging Face cache"),
     ("python examples/encode_image.py", "test_examples.py::test_encode_image runs it as written"),
