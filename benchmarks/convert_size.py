@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import mgm_mlx  # noqa: F401  (first: on Linux it may load OpenBLAS before mlx)
-import mlx.core as mx
-
 from mgm_mlx.clip import VisionConfig
 from mgm_mlx.convert.convert import convert
 from mgm_mlx.convnext import ConvNeXtConfig
 from mgm_mlx.loading import load, load_weights
+
+import mlx.core as mx
 
 GEMMA_2B = dict(
     architectures=["MGMGemmaForCausalLM"], model_type="mgm_gemma", hidden_size=2048, intermediate_size=16384,

@@ -15,16 +15,16 @@ import tempfile
 from pathlib import Path
 
 import mgm_mlx  # noqa: F401  (first: on Linux it may load OpenBLAS before mlx)
+from mgm_mlx import linux_cpu
+from mgm_mlx.generate import Chat
+from mgm_mlx.language import build
+from mgm_mlx.processor import Processor
+
 import mlx.core as mx
 from mlx.utils import tree_flatten
 from mlx_lm.generate import stream_generate
 from mlx_lm.models import gemma
 from mlx_lm.utils import load_tokenizer
-
-from mgm_mlx import linux_cpu
-from mgm_mlx.generate import Chat
-from mgm_mlx.language import build
-from mgm_mlx.processor import Processor
 
 GEMMA_2B = dict(model_type="mgm_gemma", architectures=["MGMGemmaForCausalLM"], hidden_size=2048,
                 intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8, num_key_value_heads=1,

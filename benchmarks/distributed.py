@@ -37,11 +37,11 @@ import time
 from pathlib import Path
 
 import mgm_mlx  # noqa: F401  (first: on Linux it may load OpenBLAS before mlx)
+from mgm_mlx import distributed
+
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
-
-from mgm_mlx import distributed
 
 HERE = Path(__file__).resolve().parent
 GB = 1e9
@@ -59,9 +59,9 @@ def checkpoint_4bit(workdir: Path) -> Path:
     if (target / "config.json").exists():
         return target
     sys.path.insert(0, str(HERE))
-    import run
-
     from mgm_mlx.convert.convert import convert
+
+    import run
 
     source = run.checkpoint(workdir, "7b")  # bf16 in the released layout (shared with run.py)
     tic = time.perf_counter()

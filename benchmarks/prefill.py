@@ -13,14 +13,13 @@ import sys
 import time
 
 import mgm_mlx  # noqa: F401  (first: on Linux it may load OpenBLAS before mlx)
-import mlx.core as mx
-import mlx.nn as nn
-from mlx_lm.models.cache import make_prompt_cache
-
 from mgm_mlx import linux_cpu
 from mgm_mlx.language import build
 
+import mlx.core as mx
+import mlx.nn as nn
 from decode import GEMMA_2B, SMALL
+from mlx_lm.models.cache import make_prompt_cache
 
 
 def main():

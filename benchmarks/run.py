@@ -29,11 +29,6 @@ import time
 from pathlib import Path
 
 import mgm_mlx  # noqa: F401  (first: on Linux it may load OpenBLAS before mlx)
-import mlx.core as mx
-import mlx.nn as nn
-import numpy as np
-from mlx.utils import tree_flatten
-
 from mgm_mlx import language, linux_cpu
 from mgm_mlx.clip import VisionConfig
 from mgm_mlx.convnext import ConvNeXtConfig
@@ -41,6 +36,11 @@ from mgm_mlx.generate import Chat
 from mgm_mlx.loading import load
 from mgm_mlx.model import Model
 from mgm_mlx.vision import MGMVision, VisionArgs
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import tokenizer_folder

@@ -143,7 +143,7 @@ def main():
                     sys.exit("error: the server did not start")
                 time.sleep(0.5)
         results["load_s"] = round(time.perf_counter() - tic, 1)
-        print(f"server up in {results['load_s']} s ({'%d-bit' % args.q_bits if args.q_bits else 'unquantized'} LLM)",
+        print(f"server up in {results['load_s']} s ({f'{args.q_bits}-bit' if args.q_bits else 'unquantized'} LLM)",
               file=sys.stderr)
         ask(port, [user(words(8, 100))], 1)  # warm-up: a text turn
         for run in range(args.runs):

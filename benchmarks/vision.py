@@ -16,13 +16,13 @@ import sys
 import time
 
 import mgm_mlx  # noqa: F401  (first: on Linux it may load OpenBLAS before mlx)
-import mlx.core as mx
-import numpy as np
-from mlx.utils import tree_map
-
 from mgm_mlx.clip import VisionConfig
 from mgm_mlx.convnext import ConvNeXtConfig
 from mgm_mlx.vision import MGMVision, VisionArgs
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_map
 
 
 def build(hd: bool, hidden: int, dtype) -> MGMVision:

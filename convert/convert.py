@@ -12,7 +12,6 @@ nothing half-done is ever left, and --force replaces only an empty folder or an 
 output. --upload-repo publishes the finished folder on the Hugging Face hub.
 """
 
-import argparse
 import errno
 import json
 import shutil
@@ -21,15 +20,15 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import mlx.core as mx
-from huggingface_hub import ModelCard, ModelCardData
-from mlx.utils import tree_flatten
-
 from mgm_mlx import __version__, cli, safe_output
 from mgm_mlx.default_model import DEFAULT_MODEL
 from mgm_mlx.language import family
 from mgm_mlx.loading import evaluate, is_repo_id, load, load_config, resolve
 from mgm_mlx.prompt import TEMPLATES, TOKENIZER_FILES
+
+import mlx.core as mx
+from huggingface_hub import ModelCard, ModelCardData
+from mlx.utils import tree_flatten
 
 DTYPES = ("float16", "bfloat16", "float32")
 # Config keys that point at the original machine's folders.

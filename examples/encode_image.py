@@ -9,9 +9,9 @@ and where the time went (CLIP, ConvNeXt, patch info mining).
 import argparse
 import sys
 
-import mlx.core as mx
-
 import mgm_mlx
+
+import mlx.core as mx
 
 
 def main():

@@ -7,7 +7,6 @@ concatenated on channels (192+384+768+1536 = 2880 for ConvNeXt-L).
 
 import re
 from dataclasses import dataclass, field
-from typing import List
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -17,8 +16,8 @@ from .ops import resize_bilinear
 
 @dataclass
 class ConvNeXtConfig:
-    depths: List[int] = field(default_factory=lambda: [3, 3, 27, 3])
-    dims: List[int] = field(default_factory=lambda: [192, 384, 768, 1536])
+    depths: list[int] = field(default_factory=lambda: [3, 3, 27, 3])
+    dims: list[int] = field(default_factory=lambda: [192, 384, 768, 1536])
     in_channels: int = 3
     stem_size: int = 4
     layer_norm_eps: float = 1e-6
@@ -100,7 +99,7 @@ class ConvNeXt(nn.Module):
             for s, (i, d, n) in enumerate(zip(in_dims, config.dims, config.depths))
         ]
 
-    def stages(self, x: mx.array) -> List[mx.array]:
+    def stages(self, x: mx.array) -> list[mx.array]:
         """Pixels [B, H, W, 3] -> the output of every stage (NHWC)."""
         for layer in self.vision_stem:
             x = layer(x)

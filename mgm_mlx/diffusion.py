@@ -79,8 +79,12 @@ def _offline(spec: Spec) -> str:
 
 
 def _explain(e: Exception, spec: Spec) -> str:
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-                                        RepositoryNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
 
     if isinstance(e, GatedRepoError):
         return f"{spec.repo} is gated: accept its licence on huggingface.co, then log in with `hf auth login`"

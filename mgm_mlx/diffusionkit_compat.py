@@ -50,7 +50,7 @@ def install_stubs():
     if not real_tools:
         _stub("argmaxtools", __path__=[])
         _stub("argmaxtools.utils", get_logger=logging.getLogger)
-        _stub("argmaxtools.test_utils", 
+        _stub("argmaxtools.test_utils",
               # only used by generate_image(verbose=True), which we never pass
               AppleSiliconContextMixin=type("AppleSiliconContextMixin", (), {}),
               InferenceContextSpec=type("InferenceContextSpec", (), {}))

@@ -11,7 +11,6 @@ The turn itself is the library's (session.py); this file only reads options and 
 `mgm_mlx.generate`, `stream_generate` and `Chat` are importable from here too, as in mlx-lm.
 """
 
-import argparse
 import gc
 import os
 import re
@@ -25,7 +24,7 @@ import mlx.core as mx
 from . import cli, distributed, imagegen
 from .image import load_image
 from .prompt import IMAGE, TEMPLATES, format_prompt, label_images
-from .session import Chat, Response, Settings, generate, print_stats, stream_generate, valid_text
+from .session import Chat, Response, generate, print_stats, stream_generate, valid_text
 
 __all__ = ["Chat", "Response", "generate", "main", "stream_generate"]
 

@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from . import language, linux_cpu
+from . import linux_cpu
 from .vision import MGMVision
 
 # (key prefix in a file, prefix in this tree, stored in PyTorch's layout), first match wins

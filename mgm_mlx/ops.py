@@ -53,7 +53,6 @@ def lowres_views(pixels: mx.array, size: int, grid: int = 1, use_global: bool = 
     The reference derives them from the normalised high-res tensor with a bilinear resize.
     Views per image are the grid tiles in row-major order, then the global view (HD).
     """
-    b = pixels.shape[0]
     lr = resize_bilinear(pixels, (size * grid, size * grid))
     if grid == 1:
         return lr

@@ -25,7 +25,7 @@ from PIL import Image as PILImage
 
 from . import distributed
 from .image import fetch, is_url, load_image
-from .prompt import IMAGE, IMAGE_TOKEN_INDEX, TEMPLATES, system_text
+from .prompt import IMAGE, IMAGE_TOKEN_INDEX, system_text
 
 IMAGE_SOURCES = (str, os.PathLike, bytes, np.ndarray, PILImage.Image)
 

@@ -10,13 +10,13 @@ laion/CLIP-convnext_large_d_320 (OpenCLIP).
 import json
 from pathlib import Path
 
+from mgm_mlx import language
+from mgm_mlx.loading import load_weights
+
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from common import GOLDENS, HD_FIELDS, TINY
-
-from mgm_mlx import language
-from mgm_mlx.loading import load_weights
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"]
 LLMS = {

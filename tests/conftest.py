@@ -1,13 +1,13 @@
 import json
 
 import mgm_mlx  # noqa: F401  (first: on Linux it may load OpenBLAS before mlx)
+from mgm_mlx.loading import load_vision, load_weights, vision_from_weights
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from common import GOLDENS, HD_FIELDS, TINY, TOL
-
-from mgm_mlx.loading import load_vision, load_weights, vision_from_weights
 
 
 def assert_close(actual, expected, tol=TOL):

@@ -7,6 +7,11 @@ import json
 import subprocess
 import sys
 
+import mgm_mlx
+from mgm_mlx.generate import Chat, generate, main, stream_generate
+from mgm_mlx.prompt import IMAGE, format_prompt, label_images, system_text, tokenize
+from mgm_mlx.vision import MGMVision
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -15,11 +20,6 @@ from mlx_lm.generate import stream_generate as lm_stream_generate
 from checkpoints import make_checkpoint
 from common import GOLDENS, mode_variants
 from conftest import assert_close
-
-import mgm_mlx
-from mgm_mlx.generate import Chat, generate, main, stream_generate
-from mgm_mlx.prompt import IMAGE, format_prompt, label_images, system_text, tokenize
-from mgm_mlx.vision import MGMVision
 
 TEMPLATES = json.loads((GOLDENS / "templates.json").read_text())
 CHATS = json.loads((GOLDENS / "chat.json").read_text())

@@ -7,6 +7,11 @@ import os
 import subprocess
 import sys
 
+import mgm_mlx
+from mgm_mlx.convert.convert import convert, main
+from mgm_mlx.language import family
+from mgm_mlx.prompt import pick_template
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -14,11 +19,6 @@ from mlx.utils import tree_flatten
 
 from checkpoints import make_checkpoint
 from common import mode_variants
-
-import mgm_mlx
-from mgm_mlx.convert.convert import convert, main
-from mgm_mlx.language import family
-from mgm_mlx.prompt import pick_template
 
 TOKENS = mx.array([[5, 17, 42, 99, 3, 250, 7]])
 

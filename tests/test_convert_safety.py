@@ -15,12 +15,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import mgm_mlx
+from mgm_mlx.convert.convert import convert, main
+
 import pytest
 
 from checkpoints import make_checkpoint
-
-import mgm_mlx
-from mgm_mlx.convert.convert import convert, main
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 

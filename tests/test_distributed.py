@@ -16,15 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlx.core as mx
+from mgm_mlx.language import kv_heads_for
+from mgm_mlx.loading import load_weights
+
 import numpy as np
 import pytest
 
 from checkpoints import llm_weights, make_checkpoint, save_shards
 from common import GOLDENS, TINY, mode_variants
-
-from mgm_mlx.language import kv_heads_for
-from mgm_mlx.loading import load_weights
 
 TOL = 1e-4
 TIMEOUT = 240

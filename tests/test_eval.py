@@ -19,13 +19,14 @@ import pytest
 
 pytest.importorskip("pyarrow")
 
-from checkpoints import make_checkpoint  # noqa: E402
-from eval_cache import make_cache  # noqa: E402
-from PIL import Image  # noqa: E402
-
 from mgm_mlx.eval import report, runner, scoring, tasks  # noqa: E402
 from mgm_mlx.eval.__main__ import main  # noqa: E402
 from mgm_mlx.eval.judge import MMVET_PROMPT, mathvista_query, mmvet_query  # noqa: E402
+
+from PIL import Image  # noqa: E402
+
+from checkpoints import make_checkpoint  # noqa: E402
+from eval_cache import make_cache  # noqa: E402
 
 SHORT = "\nAnswer the question using a single word or phrase."
 
@@ -267,11 +268,12 @@ def test_released_model_names():
 # ---------------------------------------------------------------- data
 
 def test_rows_and_images_come_from_the_cache(offline):
+    from mgm_mlx.eval.data import Table, decode_image, locate
+    from mgm_mlx.image import ImageError
+
     import numpy as np
 
     from eval_cache import png
-    from mgm_mlx.eval.data import Table, decode_image, locate
-    from mgm_mlx.image import ImageError
 
     files, revision = locate("lmms-lab/textvqa", tasks.TASKS["textvqa"].files)
     assert [f.name for f in files] == ["validation-00000-of-00002.parquet", "validation-00001-of-00002.parquet"]
@@ -528,6 +530,7 @@ def test_missing_dataset_offline(tmp_path, checkpoint, monkeypatch, capsys):
 
 def test_incomplete_download_is_not_used(tmp_path, checkpoint, monkeypatch, capsys):
     import huggingface_hub.constants as hub
+
     from eval_cache import add_dataset, textvqa_rows, write_table
 
     add_dataset(tmp_path / "hub", "lmms-lab/textvqa", {"data/validation-00001-of-00002.parquet": write_table(textvqa_rows())})

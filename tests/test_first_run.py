@@ -13,14 +13,6 @@ import threading
 from functools import partial
 from pathlib import Path
 
-import mlx.core as mx
-import mlx.nn as nn
-import numpy as np
-import pytest
-from mlx.utils import tree_flatten
-
-from checkpoints import hub_cache, make_checkpoint
-
 import mgm_mlx
 from mgm_mlx import cli, default_model
 from mgm_mlx import generate as generate_cli
@@ -28,6 +20,14 @@ from mgm_mlx.__main__ import COMMANDS
 from mgm_mlx.__main__ import main as umbrella
 from mgm_mlx.convert import convert as convert_module
 from mgm_mlx.session import Settings
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from checkpoints import hub_cache, make_checkpoint
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 HOUSE = EXAMPLES / "house.png"

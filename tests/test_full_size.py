@@ -2,13 +2,13 @@
 so these check full-size shapes without running the (minutes-long on CPU) computation;
 benchmarks/vision.py runs it for real."""
 
-import mlx.core as mx
-import pytest
-
 from mgm_mlx.clip import VisionConfig
 from mgm_mlx.convnext import ConvNeXtConfig
 from mgm_mlx.ops import lowres_views
 from mgm_mlx.vision import MGMVision, VisionArgs
+
+import mlx.core as mx
+import pytest
 
 
 @pytest.mark.parametrize("hd", [False, True], ids=["768", "HD-1536"])

@@ -1,14 +1,6 @@
 """Preprocessing against the reference pipeline (expand2square + PIL CLIPImageProcessor +
 bilinear low-res views), image modes, and bad input. Tolerance: fp32 max-abs 1e-4."""
 
-import mlx.core as mx
-import numpy as np
-import pytest
-from PIL import Image
-
-from common import SMALL, mode_variants, sample_array
-from conftest import assert_close
-
 from mgm_mlx.image import (
     CLIP_MEAN,
     CLIP_STD,
@@ -18,6 +10,14 @@ from mgm_mlx.image import (
     preprocess,
 )
 from mgm_mlx.ops import lowres_views
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from PIL import Image
+
+from common import SMALL, mode_variants, sample_array
+from conftest import assert_close
 
 PAD_NORMALISED = (np.array(PAD_COLOR) / 255 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
 

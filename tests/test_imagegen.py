@@ -6,17 +6,29 @@ import hashlib
 import sys
 from pathlib import Path
 
+import mgm_mlx.generate as cli
+from mgm_mlx import diffusion
+from mgm_mlx.imagegen import (
+    INSTALL,
+    NEGATIVE_PROMPT,
+    GenerationError,
+    ImageRequest,
+    check_output,
+    clean_prompt,
+    extract_prompt,
+    get_generator,
+    next_image_path,
+    parse_size,
+    reply_prompt,
+    save_png,
+    with_gen,
+)
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from checkpoints import make_checkpoint
-
-import mgm_mlx.generate as cli
-from mgm_mlx import diffusion
-from mgm_mlx.imagegen import (INSTALL, NEGATIVE_PROMPT, GenerationError, ImageRequest, check_output, clean_prompt,
-                              extract_prompt, get_generator, next_image_path, parse_size, reply_prompt, save_png,
-                              with_gen)
 
 REPLY = "Sure! Here is a cozy scene.\n<h>a small red house under a blue sky</h> And later <h> a cat\n on  the sun </h> done"
 
@@ -166,10 +178,10 @@ def test_a_failed_picture_leaves_a_working_generator(offline, monkeypatch):
 
 
 def test_patches_stay_inside_diffusionkit(dk):
+    from mgm_mlx import diffusionkit_compat
+
     import mlx.core as mx
     from diffusionkit.mlx import mmdit, t5
-
-    from mgm_mlx import diffusionkit_compat
 
     assert mmdit.mx is not mx and mmdit.mx.fast.scaled_dot_product_attention is diffusionkit_compat._sdpa
     assert t5.mx.metal.device_info()["memory_size"] > 0
@@ -221,9 +233,7 @@ def test_gen_draws_the_h_prompt_into_numbered_files(offline, tiny_mgm, tmp_path,
 
     def answer_with_h(self, text, images=(), **kwargs):  # the tiny random LLM can't write <h>; append one
         asked.append(text)
-        last = None
-        for last in stream(self, text, images, **kwargs):
-            yield last
+        yield from stream(self, text, images, **kwargs)
         yield cli.Response(" <h>a red house under the sun</h>", 0, None, False, 0, 0.0, 0, 0.0, 0.0, "stop")
 
     monkeypatch.setattr(cli.Chat, "stream", answer_with_h)

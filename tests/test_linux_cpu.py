@@ -2,6 +2,9 @@
 where it should be on."""
 
 import mgm_mlx  # noqa: F401  (first: on Linux it may load OpenBLAS before mlx)
+from mgm_mlx import language, linux_cpu
+from mgm_mlx.model import Model
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -9,9 +12,6 @@ import pytest
 from mlx.utils import tree_flatten
 
 from checkpoints import LLMS
-
-from mgm_mlx import language, linux_cpu
-from mgm_mlx.model import Model
 
 # Float32 dequantize + BLAS against quantized_matmul: only the summation order differs.
 TOL = 1e-4

@@ -17,18 +17,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlx.core as mx
+from mgm_mlx import chat, default_model
+from mgm_mlx import generate as generate_cli
+from mgm_mlx.__main__ import main as umbrella
+from mgm_mlx.convert import convert as convert_module
+
 import pytest
 from PIL import Image
 
 from checkpoints import hub_cache, make_checkpoint
 from test_first_run import FakeApp
-
-import mgm_mlx
-from mgm_mlx import chat, default_model
-from mgm_mlx import generate as generate_cli
-from mgm_mlx.__main__ import main as umbrella
-from mgm_mlx.convert import convert as convert_module
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -40,6 +38,7 @@ NOT_RUN = [
     ("sudo apt install", "installs a system package"),
     ("git clone", "needs the network; only for re-making the goldens"),
     ("pytest", "the test suite itself"),
+    ("ruff check", "the lint; .ci/run runs it before the tests"),
     ("python tests/goldens/make_goldens.py", "needs torch, transformers, timm and MGM's repository"),
     ("python benchmarks/", "full-size benchmarks: minutes to hours each"),
     ("python -m mgm_mlx.server", "serves until stopped; test_server.py starts the server and runs the README's "

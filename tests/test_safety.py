@@ -12,6 +12,11 @@ import types
 import zlib
 from pathlib import Path
 
+import mgm_mlx
+from mgm_mlx import image as image_module
+from mgm_mlx import language, loading
+from mgm_mlx.generate import Chat, main
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -19,11 +24,6 @@ from PIL import Image
 
 from checkpoints import make_checkpoint
 from common import TINY
-
-import mgm_mlx
-from mgm_mlx import image as image_module
-from mgm_mlx import language, loading
-from mgm_mlx.generate import Chat, main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 HOUSE = EXAMPLES / "house.png"

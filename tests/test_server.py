@@ -22,16 +22,16 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
-import uvicorn  # noqa: E402
-
-from checkpoints import make_checkpoint  # noqa: E402
-from common import mode_variants  # noqa: E402
-
 import mgm_mlx  # noqa: E402
 from mgm_mlx.imagegen import extract_prompt, with_gen  # noqa: E402
 from mgm_mlx.server import ChatRequest, StopText, create_app, to_turns  # noqa: E402
 from mgm_mlx.session import Chat, Session, Settings, Turn  # noqa: E402
 from mgm_mlx.worker import Worker  # noqa: E402
+
+import uvicorn  # noqa: E402
+
+from checkpoints import make_checkpoint  # noqa: E402
+from common import mode_variants  # noqa: E402
 
 KEY = "test-key"
 QUESTION = "What is in the picture?"

@@ -7,19 +7,18 @@ import shutil
 import sys
 import time
 
+from mgm_mlx.session import ContextFull, Response
+from mgm_mlx.tui import app as app_module
+from mgm_mlx.tui import store, widgets
+from mgm_mlx.tui.app import ChatApp, HelpScreen, ImagePicker, Prompt
+from mgm_mlx.tui.engine import MLXEngine, Worker
+from mgm_mlx.tui.messages import Done, Drawn, Loaded, Piece
+
 import pytest
 from textual.widgets import Static
 
 from checkpoints import make_checkpoint
 from common import mode_variants
-
-from mgm_mlx.tui import store
-from mgm_mlx.tui.app import ChatApp, HelpScreen, ImagePicker, Prompt
-from mgm_mlx.tui import app as app_module
-from mgm_mlx.tui import widgets
-from mgm_mlx.session import ContextFull, Response
-from mgm_mlx.tui.engine import MLXEngine, Worker
-from mgm_mlx.tui.messages import Done, Drawn, Loaded, Piece
 
 REPLY = "Here is a **red house** under a yellow sun.\n\n```python\nprint('house')\n```"
 

@@ -5,13 +5,13 @@ live statistics, the command palette, image copies kept with a chat, the context
 import json
 import shutil
 
+from mgm_mlx.tui import store
+from mgm_mlx.tui.screens import Ask, Choose, Confirm, SettingsScreen
+
 from textual.widgets import Input, OptionList, Static
 
 from test_tui import App, FakeEngine, home, reply_done, run, say, status, until  # noqa: F401
 from test_tui_safety import shown
-
-from mgm_mlx.tui import store
-from mgm_mlx.tui.screens import Ask, Choose, Confirm, SettingsScreen
 
 
 def test_settings_change_the_next_replies_and_are_checked():
@@ -152,7 +152,7 @@ def test_images_are_kept_with_the_chat(home):
 
 def test_a_fourth_image_asks_before_the_question(home):
     async def test(app, pilot):
-        for i in range(3):
+        for _ in range(3):
             await say(pilot, f"/image {home / 'house.png'}")
         await say(pilot, "three pictures")
         await reply_done(app, pilot)

@@ -9,19 +9,17 @@ import shutil
 import threading
 import types
 
+from mgm_mlx.session import ContextFull
+from mgm_mlx.tui import screens, store, widgets
+from mgm_mlx.tui.app import ChatApp
+from mgm_mlx.tui.messages import Done, Piece
+
 import pytest
 from textual.app import App as TextualApp
 from textual.geometry import Region
 from textual.widgets import OptionList, Static
 
 from test_tui import REPLY, App, FakeEngine, Prompt, home, reply_done, run, say, stats, status, until  # noqa: F401
-
-from mgm_mlx.tui import app as app_module
-from mgm_mlx.tui import screens, widgets
-from mgm_mlx.tui import store
-from mgm_mlx.tui.app import ChatApp
-from mgm_mlx.session import ContextFull
-from mgm_mlx.tui.messages import Done, Piece
 
 TURN = {"user": "hello there", "images": [], "assistant": "hi"}
 
@@ -142,7 +140,8 @@ def test_chat_ids_are_never_paths(home):
             options = await open_list(app, pilot)
             options.highlighted = index
             options.action_select()
-            await until(pilot, lambda: len(app.query(".user")) == 1 and status(app) == f"reopened {name}", timeout=10)
+            await until(pilot, lambda: len(app.query(".user")) == 1 and status(app) == f"reopened {name}",  # noqa: B023
+                        timeout=10)
             await say(pilot, "more")
             await reply_done(app, pilot)
             assert len(json.loads((folder / f"{name}.json").read_text())["turns"]) == 2
@@ -313,7 +312,7 @@ def test_pbcopy_reports_failure(monkeypatch):
     false, cat = shutil.which("false"), shutil.which("cat")  # stand-ins for a failing and a working pbcopy
     monkeypatch.setattr(widgets, "sys", types.SimpleNamespace(platform="darwin"))
     for found, works in ((None, False), (false, False), (cat, True)):
-        monkeypatch.setattr(widgets.shutil, "which", lambda name: found)
+        monkeypatch.setattr(widgets.shutil, "which", lambda name, found=found: found)
         assert widgets.pbcopy("x") is works
 
 

@@ -6,20 +6,20 @@ torch installed the same checks also run live. Tolerance: fp32 max-abs 1e-4."""
 
 import json
 
+from mgm_mlx import mining
+from mgm_mlx.clip import VisionConfig
+from mgm_mlx.convnext import ConvNeXtConfig
+from mgm_mlx.image import preprocess
+from mgm_mlx.loading import load_vision, load_weights, vision_from_weights
+from mgm_mlx.model import part, sanitize
+from mgm_mlx.ops import lowres_views, resize_bilinear, windows
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
 from common import TINY, mode_variants, smooth
 from conftest import assert_close
-
-from mgm_mlx import mining
-from mgm_mlx.clip import VisionConfig
-from mgm_mlx.convnext import ConvNeXtConfig
-from mgm_mlx.image import preprocess
-from mgm_mlx.model import part, sanitize
-from mgm_mlx.ops import lowres_views, resize_bilinear, windows
-from mgm_mlx.loading import load_vision, load_weights, vision_from_weights
 
 RESIZES = {
     "down_768_336": (768, 336, 1),

@@ -6,9 +6,9 @@ import asyncio
 import threading
 import time
 
-import pytest
-
 from mgm_mlx.worker import Cancelled, Worker
+
+import pytest
 
 
 def test_worker_runs_jobs_in_order_on_one_thread_and_survives_errors():

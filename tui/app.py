@@ -9,6 +9,10 @@ import shlex
 import time
 from pathlib import Path
 
+from mgm_mlx.image import ImageError, load_image
+from mgm_mlx.imagegen import GEN, Stopped, extract_prompt, missing_extra, reply_prompt, with_gen
+from mgm_mlx.session import ContextFull
+
 from PIL import Image as PILImage
 from rich.text import Text
 from textual import on
@@ -17,17 +21,13 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Footer, Markdown, Static
 
-from mgm_mlx.image import ImageError, load_image
-from mgm_mlx.imagegen import GEN, Stopped, extract_prompt, missing_extra, reply_prompt, with_gen
-from mgm_mlx.session import ContextFull
-
-REGENERATE_TEMP = 0.7  # Ctrl+R after a greedy reply samples at this temperature (greedy repeats)
-TEXT_RESERVE = 256  # tokens kept free for the question and the answer when counting images
-
 from . import store
 from .messages import Done, Drawn, Failed, Loaded, Piece, Progress
 from .screens import ChatDeleted, ChatList, Choose, HelpScreen, ImagePicker, SettingsScreen
 from .widgets import OSC52_NOTE, Prompt, pbcopy, preview, shown
+
+REGENERATE_TEMP = 0.7  # Ctrl+R after a greedy reply samples at this temperature (greedy repeats)
+TEXT_RESERVE = 256  # tokens kept free for the question and the answer when counting images
 
 
 class ChatApp(App):

@@ -2,9 +2,9 @@
 
 from dataclasses import dataclass
 
-from textual.message import Message
-
 from mgm_mlx.session import Response
+
+from textual.message import Message
 
 
 @dataclass

@@ -104,9 +104,9 @@ def _main(args):
     generated, errors, peak = 0, 0, meta.get("peak_memory_gb")
     template = meta.get("template")
     if pending:
-        import mlx.core as mx
-
         from mgm_mlx.loading import load
+
+        import mlx.core as mx
 
         print(f"{task.title}: {len(selected) - len(pending)} of {len(selected)} questions answered already; "
               f"loading {args.model}", file=sys.stderr)

@@ -12,9 +12,9 @@ import re
 import sys
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from mgm_mlx.image import MAX_PIXELS, ImageError
+
+from PIL import Image, UnidentifiedImageError
 
 SHARD = re.compile(r"-(\d{5})-of-(\d{5})")
 OFFLINE_HELP = "it is not in the Hugging Face cache and the hub can't be reached; run once online"

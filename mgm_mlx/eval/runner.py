@@ -51,9 +51,9 @@ def read_answers(path: Path) -> dict:
 def run(task, items, table, model, processor, path: Path, done: dict, template: str | None = None,
         progress: bool = True) -> dict:
     """Ask every item not in `done`; append each answer to `path`; returns the new records."""
-    from tqdm import tqdm
-
     from mgm_mlx.session import Session
+
+    from tqdm import tqdm
 
     session = Session(model, processor, template)
 
