@@ -55,13 +55,8 @@ def user(text, *images):
             [{"type": "image_url", "image_url": {"url": url}} for url in images]}
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    folder = make_checkpoint(tmp_path_factory.mktemp("server") / "gemma", "gemma")[0]
-    worker = Worker("test-mlx")
-    model, processor = worker.call(mgm_mlx.load, folder)  # on the thread that runs every MLX call
-    session = worker.call(Session, model, processor)
-    app = create_app(worker, session, "mgm-test", api_key=KEY, max_tokens=N)
+def start(app):
+    """uvicorn serving `app` on a free port, in a thread: (server, thread, port)."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -69,7 +64,17 @@ def served(tmp_path_factory):
     while not server.started:
         assert time.time() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, thread, server.servers[0].sockets[0].getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = make_checkpoint(tmp_path_factory.mktemp("server") / "gemma", "gemma")[0]
+    worker = Worker("test-mlx")
+    model, processor = worker.call(mgm_mlx.load, folder)  # on the thread that runs every MLX call
+    session = worker.call(Session, model, processor)
+    app = create_app(worker, session, "mgm-test", api_key=KEY, max_tokens=N)
+    server, thread, port = start(app)
     base = f"http://127.0.0.1:{port}"
     client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=60)
     yield SimpleNamespace(base=base, client=client, worker=worker, session=session, model=model,
@@ -473,15 +478,7 @@ def test_the_readmes_examples_as_written(served, tmp_path):
 
     from test_readme import README, ROOT
 
-    app = create_app(served.worker, served.session, "mgm", api_key=None, max_tokens=N)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server, thread, port = start(create_app(served.worker, served.session, "mgm", api_key=None, max_tokens=N))
     section = README[README.index("## Serve the OpenAI API"):]
     section = section[:section.index("\n## ")]
     try:
@@ -491,8 +488,8 @@ def test_the_readmes_examples_as_written(served, tmp_path):
                                  capture_output=True, text=True, timeout=120)
             assert out.returncode == 0, out.stderr
             decoder, replies = json.JSONDecoder(), []
-            for start in (m.start() for m in re.finditer(r'\{"id"', out.stdout)):
-                reply, _ = decoder.raw_decode(out.stdout, start)
+            for at in (m.start() for m in re.finditer(r'\{"id"', out.stdout)):
+                reply, _ = decoder.raw_decode(out.stdout, at)
                 if reply["object"] == "chat.completion":  # not a streamed chunk
                     replies.append(reply)
             assert len(replies) == 2 and all(r["choices"][0]["message"]["content"] is not None for r in replies)
